@@ -1,0 +1,204 @@
+"""Evaluation: generate the label text (what the paper reports) or rank every label string.
+
+The same functions score the validation split during training and run `softprompt evaluate`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from softprompt import metrics as metric_fns
+from softprompt.errors import SoftpromptError
+from softprompt.io import write_json, write_jsonl
+from softprompt.models import sentinel_id
+from softprompt.tasks.base import Example, Task
+
+
+@dataclass
+class Encoding:
+    """How text becomes token ids for one model: lengths, the design instruction, the target sentinel."""
+
+    tokenizer: PreTrainedTokenizerBase
+    max_source_length: int = 512
+    max_target_length: int = 64
+    target_sentinel: bool = False  # "span corruption + sentinel": targets start with <extra_id_0>
+    instruction: str = ""  # prompt design baseline: a discrete text instruction before the input
+
+    def source_ids(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        if self.instruction:
+            texts = [f"{self.instruction} {t}" for t in texts]
+        return self.tokenizer(list(texts), max_length=self.max_source_length, truncation=True, padding=True,
+                              return_tensors="pt")
+
+    def target_ids(self, text: str) -> list[int]:
+        ids = self.tokenizer(text, max_length=self.max_target_length, truncation=True).input_ids
+        if self.target_sentinel:
+            ids = [sentinel_id(self.tokenizer), *ids]
+        return ids
+
+
+def postprocess(text: str) -> str:
+    """T5's decoding postprocess: the decoded string, stripped (sentinels are special tokens, so gone)."""
+    return text.strip()
+
+
+@torch.no_grad()
+def generate_predictions(model: Any, encoding: Encoding, examples: Sequence[Example], batch_size: int,
+                         max_new_tokens: int, progress: bool = False) -> list[str]:
+    """Greedy-decode each example's output text."""
+    model.eval()
+    tokenizer = encoding.tokenizer
+    out: list[str] = []
+    extra = 1 if encoding.target_sentinel else 0
+    for start in tqdm(range(0, len(examples), batch_size), desc="generate", disable=not progress, leave=False):
+        batch = encoding.source_ids([e.inputs for e in examples[start:start + batch_size]])
+        generated = model.generate(input_ids=batch["input_ids"].to(_device(model)),
+                                   attention_mask=batch["attention_mask"].to(_device(model)),
+                                   max_new_tokens=max_new_tokens + extra, do_sample=False, num_beams=1)
+        out.extend(postprocess(t) for t in tokenizer.batch_decode(generated, skip_special_tokens=True))
+    return out
+
+
+@torch.no_grad()
+def label_log_likelihoods(model: Any, encoding: Encoding, examples: Sequence[Example],
+                          labels: Sequence[str], batch_size: int, progress: bool = False) -> torch.Tensor:
+    """N x L tensor: the summed log-probability of each label string (with EOS) given each input."""
+    model.eval()
+    pad = encoding.tokenizer.pad_token_id
+    label_ids = [encoding.target_ids(label) for label in labels]
+    width = max(len(ids) for ids in label_ids)
+    targets = torch.full((len(labels), width), -100, dtype=torch.long)
+    for i, ids in enumerate(label_ids):
+        targets[i, :len(ids)] = torch.tensor(ids)
+    scores = []
+    per_batch = max(1, batch_size // len(labels))
+    for start in tqdm(range(0, len(examples), per_batch), desc="rank", disable=not progress, leave=False):
+        chunk = examples[start:start + per_batch]
+        enc = encoding.source_ids([e.inputs for e in chunk])
+        # Every example is paired with every label: rows are (example, label) in example-major order.
+        input_ids = enc["input_ids"].repeat_interleave(len(labels), dim=0)
+        attention = enc["attention_mask"].repeat_interleave(len(labels), dim=0)
+        lab = targets.repeat(len(chunk), 1)
+        device = _device(model)
+        logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                       labels=lab.masked_fill(lab == -100, pad).to(device)).logits
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        mask = lab.to(device) != -100
+        token_logp = logp.gather(-1, lab.clamp(min=0).to(device).unsqueeze(-1)).squeeze(-1) * mask
+        scores.append(token_logp.sum(-1).view(len(chunk), len(labels)).cpu())
+    return torch.cat(scores) if scores else torch.zeros(0, len(labels))
+
+
+def rank_predictions(model: Any, encoding: Encoding, examples: Sequence[Example], labels: Sequence[str],
+                     batch_size: int, progress: bool = False) -> list[str]:
+    """Rank classification: the most likely label string for each example."""
+    scores = label_log_likelihoods(model, encoding, examples, labels, batch_size, progress)
+    return [labels[i] for i in scores.argmax(dim=-1).tolist()]
+
+
+def predict(model: Any, encoding: Encoding, task: Task, examples: Sequence[Example], mode: str,
+            batch_size: int, progress: bool = False) -> list[str]:
+    if mode == "rank":
+        if not task.is_classification:
+            raise SoftpromptError(f"{task.name}: rank classification needs label strings; use --mode generate")
+        return rank_predictions(model, encoding, examples, task.label_names, batch_size, progress)
+    return generate_predictions(model, encoding, examples, batch_size, task.max_target_length, progress)
+
+
+def score(task: Task, predictions: Sequence[str], examples: Sequence[Example]) -> dict[str, Any]:
+    """The task's official metrics, plus a confusion matrix for classification tasks."""
+    labeled = [(p, e) for p, e in zip(predictions, examples) if e.targets != "<unk>"]
+    if not labeled:
+        raise SoftpromptError(f"{task.name}: the split has no labels to score; evaluate a labeled split")
+    preds, exs = [p for p, _ in labeled], [e for _, e in labeled]
+    result: dict[str, Any] = dict(task.metrics(preds, exs))
+    result["main_metric"] = task.main_metric
+    result["num_examples"] = len(exs)
+    if task.is_classification:
+        result["confusion_matrix"] = metric_fns.confusion(preds, [e.targets for e in exs], task.label_names)
+    return result
+
+
+def evaluate_examples(model: Any, encoding: Encoding, task: Task, examples: Sequence[Example], mode: str,
+                      batch_size: int, progress: bool = False) -> tuple[dict[str, Any], list[str]]:
+    predictions = predict(model, encoding, task, examples, mode, batch_size, progress)
+    return score(task, predictions, examples), predictions
+
+
+def predictions_path(metrics_path: str | Path) -> Path:
+    """Per-example predictions are written beside the metrics file: metrics.json -> metrics.predictions.jsonl."""
+    p = Path(metrics_path)
+    return p.with_name(p.name.removesuffix(".json") + ".predictions.jsonl")
+
+
+def write_results(metrics_path: str | Path, result: dict[str, Any], examples: Sequence[Example],
+                  predictions: Sequence[str]) -> tuple[Path, Path]:
+    rows = [{**e.to_json(), "prediction": p, "correct": p == e.targets} for e, p in zip(examples, predictions)]
+    pred_path = write_jsonl(predictions_path(metrics_path), rows)
+    return write_json(metrics_path, result), pred_path
+
+
+def _device(model: Any) -> torch.device:
+    return next(model.parameters()).device
+
+
+def run_evaluation(
+    task_name: str,
+    output: str | Path,
+    prompt: str | Path | None = None,
+    model: str | None = None,
+    data: str | Path | None = None,
+    mode: str = "generate",
+    split: str = "validation",
+    batch_size: int = 32,
+    method: str = "prompt",
+    limit: int | None = None,
+    taskless: bool | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate on one split and write metrics JSON plus per-example predictions beside it.
+
+    method=prompt: `model` (default: the prompt's recorded base) + `prompt`; method=model: a tuned
+    checkpoint given as `model`; method=design: the frozen `model` with the task's text instruction.
+    """
+    from softprompt.models import load_base
+    from softprompt.prompt import load_prompt, read_meta
+    from softprompt.tasks import get_task, load_examples
+
+    meta: dict[str, Any] = {}
+    if method == "prompt":
+        if prompt is None:
+            raise SoftpromptError("--prompt DIR is required with --method prompt (or use --method design/model)")
+        meta = read_meta(prompt)
+        model = model or meta["base_model"]
+    elif model is None:
+        raise SoftpromptError(f"--model is required with --method {method}")
+    if taskless is None:
+        taskless = bool(meta.get("train", {}).get("taskless", False))
+    task = get_task(task_name, taskless=taskless)
+    examples = load_examples(task, data, split, limit=limit)
+    if not examples:
+        raise SoftpromptError(f"{task.name}: the {split} split is empty")
+    base = load_base(model)
+    net: Any = base.model
+    train_cfg = meta.get("train", {})
+    encoding = Encoding(base.tokenizer, train_cfg.get("max_source_length", 512),
+                        train_cfg.get("max_target_length", 64), bool(train_cfg.get("target_sentinel", False)))
+    if method == "prompt":
+        net, meta = load_prompt(base, prompt)
+    elif method == "design":
+        if not task.design_prompt:
+            raise SoftpromptError(f"{task.name}: no design prompt is defined for this task")
+        encoding.instruction = task.design_prompt
+    result, predictions = evaluate_examples(net, encoding, task, examples, mode, batch_size, progress)
+    result = {"task": task.name, "split": split, "mode": mode, "method": method, "base_model": base.name,
+              "prompt": str(prompt) if prompt else None, **result}
+    write_results(output, result, examples, predictions)
+    return result

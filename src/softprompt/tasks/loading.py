@@ -1,0 +1,124 @@
+"""Rows of a task split from local files in the official formats, or from the Hugging Face Hub.
+
+Local formats: SuperGLUE jsonl, GLUE tsv (with header), MRQA jsonl / jsonl.gz. The parsers are the
+standard library's json/csv, wrapped so a malformed file fails with its path and line number.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+from pathlib import Path
+from typing import Any
+
+from softprompt.errors import SoftpromptError
+from softprompt.tasks.base import SPLITS, Task
+
+
+def find_split_file(task: Task, data_dir: str | Path, split: str) -> Path:
+    """The file holding `split` of `task` in `data_dir` (first existing candidate name)."""
+    data_dir = Path(data_dir)
+    if split not in SPLITS:
+        raise SoftpromptError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    if not data_dir.is_dir():
+        raise SoftpromptError(f"{data_dir}: no such data directory; pass --data DIR with the {task.name} files")
+    candidates = task.files.get(split, ())
+    for name in candidates:
+        if (data_dir / name).is_file():
+            return data_dir / name
+    expected = " or ".join(candidates) or "(none defined)"
+    raise SoftpromptError(f"{data_dir}: missing the {split} split of {task.name} (expected {expected})")
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Rows of a .jsonl or .jsonl.gz file; blank lines are skipped."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    rows = []
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise SoftpromptError(f"{path}:{lineno}: invalid JSON ({e.msg}); fix or remove that line") from e
+                if not isinstance(row, dict):
+                    raise SoftpromptError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+                rows.append(row)
+    except UnicodeDecodeError as e:
+        raise SoftpromptError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); re-encode it as UTF-8") from e
+    except (EOFError, gzip.BadGzipFile, OSError) as e:
+        raise SoftpromptError(f"{path}: cannot read ({e}); the file may be truncated or corrupt") from e
+    return rows
+
+
+def read_tsv(path: Path) -> list[dict[str, Any]]:
+    """Rows of a GLUE tsv with a header line (quotes are literal text in GLUE files)."""
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as f:
+            reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+            header = next(reader, None)
+            if not header:
+                raise SoftpromptError(f"{path}: empty file; expected a header line")
+            rows = []
+            for lineno, values in enumerate(reader, 2):
+                if len(values) != len(header):
+                    raise SoftpromptError(f"{path}:{lineno}: {len(values)} columns, header has {len(header)}")
+                rows.append(dict(zip(header, values)))
+    except UnicodeDecodeError as e:
+        raise SoftpromptError(f"{path}: not UTF-8 text ({e.reason}); re-encode it as UTF-8") from e
+    return rows
+
+
+def read_file(path: Path) -> list[dict[str, Any]]:
+    if path.name.endswith((".jsonl", ".jsonl.gz", ".json")):
+        return read_jsonl(path)
+    if path.suffix == ".tsv":
+        return read_tsv(path)
+    raise SoftpromptError(f"{path}: unsupported file type (expected .jsonl, .jsonl.gz or .tsv)")
+
+
+def load_rows(task: Task, data_dir: str | Path | None, split: str) -> list[dict[str, Any]]:
+    """Raw rows of one split, from `data_dir` or (when None) from the Hugging Face Hub."""
+    if data_dir is not None:
+        path = find_split_file(task, data_dir, split)
+        rows = read_file(path)
+        normalize = getattr(task, "normalize_rows", None)
+        return normalize(rows, path) if normalize else rows
+    return load_hub_rows(task, split)
+
+
+def load_hub_rows(task: Task, split: str) -> list[dict[str, Any]]:
+    """Rows of a split from the Hub through `datasets`; class ids stay ints (Task.label_text maps them)."""
+    if task.hub is None:
+        raise SoftpromptError(f"{task.name}: no Hugging Face Hub dataset is defined; pass --data DIR")
+    path, config = task.hub
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(path, config, split=task.hub_splits.get(split, split))
+    except Exception as e:  # datasets raises many types for offline / missing data
+        raise SoftpromptError(f"cannot load {task.name} ({path}, {config}) from the Hugging Face Hub: "
+                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}; "
+                              "pass --data DIR with the task's files") from e
+    return [dict(r) for r in ds]
+
+
+def load_examples(task: Task, data_dir: str | Path | None, split: str, limit: int | None = None):
+    """Formatted examples of one split, in file order (expanded rows for MultiRC/ReCoRD)."""
+    rows = load_rows(task, data_dir, split)
+    where = find_split_file(task, data_dir, split) if data_dir is not None else f"{task.name} {split} (Hub)"
+    examples = []
+    for i, row in enumerate(rows):
+        try:
+            examples.extend(task.format(row))
+        except KeyError as e:
+            raise SoftpromptError(f"{where}: row {i + 1} has no field {e}; expected fields "
+                                  f"{', '.join(task.fields)}") from e
+        except SoftpromptError as e:
+            raise SoftpromptError(f"{where}: row {i + 1}: {e}") from e
+        if limit is not None and len(examples) >= limit:
+            return examples[:limit]
+    return examples
