@@ -5,6 +5,7 @@ Options left unset take their defaults from params.yaml (optionally a `--profile
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -73,6 +74,11 @@ def quiet_libraries() -> None:
         pass
 
 
+def progress_to_stderr() -> contextlib.AbstractContextManager:
+    """Progress bars and training logs go to stderr, so stdout carries only the result (pipe-friendly)."""
+    return contextlib.redirect_stdout(sys.stderr)
+
+
 @app.command()
 def train(
     task: Task,
@@ -113,8 +119,9 @@ def train(
                              early_stopping_patience=early_stopping_patience, grad_accumulation=grad_accumulation,
                              taskless=taskless, target_sentinel=target_sentinel)
     eval_cfg = from_section(EvalConfig, params["eval"])
-    meta = run_train(task, model or params["model"], data, output, prompt_cfg, train_cfg, eval_cfg,
-                     checkpoint_dir=checkpoint_dir, resume=resume, keep_checkpoints=keep_checkpoints)
+    with progress_to_stderr():
+        meta = run_train(task, model or params["model"], data, output, prompt_cfg, train_cfg, eval_cfg,
+                         checkpoint_dir=checkpoint_dir, resume=resume, keep_checkpoints=keep_checkpoints)
     summary = {k: meta[k] for k in ("task", "method", "base_model", "prompt_length", "steps_trained")}
     summary["validation"] = {k: v for k, v in meta["metrics"]["validation"].items() if k != "confusion_matrix"}
     typer.echo(json.dumps(summary, indent=2))
@@ -149,8 +156,9 @@ def evaluate(
     cfg = from_section(EvalConfig, params["eval"], mode=mode and mode.value, batch_size=batch_size, split=split)
     if model is None and method != EvalMethod.prompt:
         model = params["model"]
-    result = run_evaluation(task, output, prompt=prompt, model=model, data=data, mode=cfg.mode, split=cfg.split,
-                            batch_size=cfg.batch_size, method=method.value, limit=limit, taskless=taskless)
+    with progress_to_stderr():
+        result = run_evaluation(task, output, prompt=prompt, model=model, data=data, mode=cfg.mode, split=cfg.split,
+                                batch_size=cfg.batch_size, method=method.value, limit=limit, taskless=taskless)
     typer.echo(json.dumps({k: v for k, v in result.items() if k != "confusion_matrix"}, indent=2))
     typer.echo(f"wrote {output}")
 
@@ -164,6 +172,246 @@ def list_tasks() -> None:
     for name, t in sorted(TASKS.items()):
         labels = ", ".join(t.label_names) if t.label_names else "(free text)"
         typer.echo(f"{name:10s} {t.main_metric:12s} {labels:40s} {t.description}")
+
+
+@app.command()
+def preview(
+    task: Task,
+    data: Data = None,
+    split: Annotated[str, typer.Option(help="Split to show: train, validation or test.")] = "validation",
+    limit: Annotated[int | None, typer.Option(help="Show only the first N formatted rows.")] = None,
+    output: Annotated[Path | None, typer.Option(help="Write the rows to this .jsonl file instead of "
+                                                     "printing them.")] = None,
+    taskless: Annotated[bool, typer.Option("--taskless/--with-task-prefix",
+                                           help="Drop the task-name prefix (paper's taskless variant).")] = False,
+) -> None:
+    """Show exactly what the model sees: one JSON line per example with idx, inputs and targets."""
+    from softprompt.io import write_jsonl
+    from softprompt.tasks import get_task
+    from softprompt.tasks.loading import preview_rows
+
+    if limit is not None and limit < 1:
+        raise SoftpromptError(f"--limit must be >= 1, got {limit}")
+    rows = preview_rows(get_task(task, taskless=taskless), data, split, limit)
+    if output is not None:
+        write_jsonl(output, rows)
+        typer.echo(f"wrote {len(rows)} rows to {output}", err=True)
+        return
+    for row in rows:
+        typer.echo(json.dumps(row, ensure_ascii=False))
+
+
+Repo = Annotated[Path | None, typer.Option(
+    help="The registry git repo (a clone of this project); default: the git repo of the current directory.")]
+
+
+class Policy(str, Enum):
+    auto = "auto"
+    never = "never"
+    force = "force"
+
+
+@app.command()
+def register(
+    task: Task,
+    prompt: Annotated[Path, typer.Option(help="The prompt directory written by `softprompt train`.")],
+    metrics: Annotated[Path, typer.Option(help="The metrics JSON written by `softprompt evaluate` "
+                                               "(its main_metric drives the promotion gate).")],
+    run_id: Annotated[str | None, typer.Option(help="Pipeline run id recorded in the lineage "
+                                                    "(default $SOFTPROMPT_RUN_ID, else `manual`).")] = None,
+    promote: Annotated[Policy | None, typer.Option(help="After registering: auto (promote if it beats production "
+                                                        "by registry.promotion_margin), never, or force "
+                                                        "(default registry.promote in params.yaml).")] = None,
+    repo: Repo = None,
+    remote: Annotated[str | None, typer.Option(help="DVC remote URL (a directory or gs://BUCKET/PATH); default "
+                                                    "registry.remote in params.yaml or "
+                                                    "$SOFTPROMPT_REGISTRY_REMOTE.")] = None,
+    code_version: Annotated[str | None, typer.Option(help="Code version to record (default: the repo's git "
+                                                          "commit).")] = None,
+) -> None:
+    """Add an immutable version of a task's prompt to the registry (DVC remote + git tag), then maybe promote it."""
+    from dataclasses import asdict
+
+    from softprompt import registry
+
+    result = registry.register(repo, task, prompt, metrics, run_id=run_id, policy=promote and promote.value,
+                         settings=registry.Settings.load(remote), code=code_version)
+    typer.echo(json.dumps(asdict(result), indent=2))
+    state = "promoted to production" if result.promoted else "not promoted"
+    typer.echo(f"registered {result.tag}; {state}: {result.reason}")
+
+
+@app.command()
+def promote(
+    task: Task,
+    version: Annotated[str, typer.Option(help="The version to promote: 3, v3 or v3.0.0.")],
+    force: Annotated[bool, typer.Option(help="Promote even if it does not beat production by the margin "
+                                             "(e.g. a rollback).")] = False,
+    margin: Annotated[float | None, typer.Option(help="Required improvement of the main metric over production "
+                                                      "(default registry.promotion_margin).")] = None,
+    repo: Repo = None,
+) -> None:
+    """Make a version the task's production prompt if its main metric beats production's (other tasks untouched)."""
+    from softprompt import registry
+
+    promoted, reason = registry.promote(repo, task, version, force=force,
+                                        settings=registry.Settings.load(margin=margin))
+    if not promoted:
+        raise SoftpromptError(f"{task} {version} not promoted: {reason}")
+    typer.echo(f"{task} {version} is now production: {reason}")
+
+
+registry_app = typer.Typer(help="Inspect the prompt registry.", no_args_is_help=True)
+app.add_typer(registry_app, name="registry")
+
+
+@registry_app.command("list")
+def registry_list(
+    task: Annotated[str | None, typer.Option("--task", "-t", help="Only this task's versions.")] = None,
+    repo: Repo = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON rows instead of a table.")] = False,
+) -> None:
+    """Show each task's versions, their main metric, and which one is in production."""
+    from softprompt.registry import summary_rows
+
+    rows = summary_rows(repo, task)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        typer.echo("no versions registered" + (f" for {task}" if task else ""))
+        return
+    typer.echo(f"{'task':8s} {'version':8s} {'metric':22s} {'stage':6s} {'run id':24s} registered")
+    for r in rows:
+        metric = f"{r['main_metric']}={r['value']:g}" if r["value"] is not None else "-"
+        typer.echo(f"{r['task']:8s} {r['version']:8s} {metric:22s} {r['stage']:6s} {r['run_id']:24s} "
+                   f"{r['registered_at']}")
+
+
+@app.command()
+def pull(
+    task: Task,
+    version: Annotated[str | None, typer.Option(help="A version (3, v3, v3.0.0); default: the production one.")]
+    = None,
+    output: Annotated[Path | None, typer.Option(help="Also copy the verified prompt here "
+                                                     "(default: leave it at registry/TASK/...).")] = None,
+    repo: Repo = None,
+) -> None:
+    """Fetch a task's production prompt (or a version) from the DVC remote and verify its hash."""
+    from softprompt import registry
+
+    path, version_info = registry.pull(repo, task, version, output)
+    typer.echo(f"{task} {version_info.name} ({version_info.main_metric}={version_info.value}) verified "
+               f"{version_info.md5}: {path}")
+
+
+@app.command()
+def validate(
+    task: Task,
+    data: Annotated[Path, typer.Option(help="Directory with the task's split files in the official format "
+                                            "(e.g. ../shared/data/superglue/RTE).")],
+    report: Annotated[Path, typer.Option(help="Directory for the report (replaced atomically): validation.json "
+                                              "and the Great Expectations Data Docs site in data_docs/.")],
+    output: Annotated[Path | None, typer.Option(
+        help="Where to write the validated dataset (the split files unchanged, plus validated.json) when every "
+             "expectation passes; point `softprompt train --data` at it. Untouched on failure.")] = None,
+    split: Annotated[list[str] | None, typer.Option(
+        "--split", help="Validate only this split (repeatable). Default: train and validation, and test "
+                        "when its file exists.")] = None,
+    min_rows: Annotated[int | None, typer.Option(help="Fewest rows a split may have (params.yaml validate).")] = None,
+    min_class_share: Annotated[float | None, typer.Option(
+        help="Smallest share of rows any label may have in train/validation; 0 disables.")] = None,
+    min_text_chars: Annotated[int | None, typer.Option(help="Shortest allowed text field, in characters.")] = None,
+    max_text_chars: Annotated[int | None, typer.Option(help="Longest allowed text field, in characters.")] = None,
+    examples: Annotated[int | None, typer.Option(help="Offending rows kept per failed expectation.")] = None,
+    docs: Annotated[bool, typer.Option("--docs/--no-docs", help="Build the Data Docs HTML site.")] = True,
+    profile: Profile = None,
+) -> None:
+    """Validate a task's data with Great Expectations; exit 1 (with a summary) if any expectation fails."""
+    from softprompt.config import from_section, load_params
+    from softprompt.validation import ValidateConfig, summary
+    from softprompt.validation import validate as run_validate
+
+    params = load_params(profile).get("validate", {})
+    cfg = from_section(ValidateConfig, params, min_rows=min_rows, min_class_share=min_class_share,
+                       min_text_chars=min_text_chars, max_text_chars=max_text_chars, examples=examples)
+    result = run_validate(task, data, report, cfg, output=output, splits=split or None, docs=docs)
+    where = f"{result['report']}" + (f" and {report / result['data_docs']}" if result["data_docs"] else "")
+    if not result["success"]:
+        typer.echo(summary(result), err=True)
+        typer.echo(f"report: {where}", err=True)
+        raise typer.Exit(1)
+    typer.echo(summary(result))
+    typer.echo(f"report: {where}")
+    if output is not None:
+        typer.echo(f"wrote validated data to {output}")
+
+
+class Objective(str, Enum):
+    prefix_lm = "prefix-lm"
+    span_corruption = "span-corruption"
+
+
+@app.command("lm-adapt")
+def lm_adapt(
+    output: Annotated[Path | None, typer.Option(
+        help="Directory for the adapted checkpoint (replaced atomically); default CACHE_ROOT/KEY.")] = None,
+    model: Annotated[str | None, typer.Option(
+        help="Model to continue pretraining: a Hub id, a local directory, a gs:// URI, or `tiny` (then this is "
+             "pretraining from scratch). Default: lm_adapt.model in params.yaml.")] = None,
+    corpus: Annotated[str | None, typer.Option(
+        help="Text: a .txt (a text a line) or .jsonl file, a directory of them, hf:DATASET[:CONFIG] (streamed), "
+             "or c4 (= hf:allenai/c4:en). Default: lm_adapt.corpus.")] = None,
+    objective: Annotated[Objective | None, typer.Option(
+        help="prefix-lm: LM adaptation (paper); span-corruption: T5's pretraining objective.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Optimizer steps (paper: 100000).")] = None,
+    cache_root: Annotated[Path | None, typer.Option(
+        help="Content-addressed store: reuse CACHE_ROOT/KEY if this base, objective, steps, corpus and recipe "
+             "were trained before; otherwise train and store it there.")] = None,
+    force: Annotated[bool, typer.Option(help="Retrain even if a checkpoint with the same key exists.")] = False,
+    profile: Profile = None,
+    batch_size: Annotated[int | None, typer.Option(help="Sequences per optimizer step.")] = None,
+    grad_accumulation: Annotated[int | None, typer.Option(help="Gradient accumulation steps.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Adafactor learning rate (constant).")] = None,
+    warmup_steps: Annotated[int | None, typer.Option(help="Linear warmup steps (0: none).")] = None,
+    max_source_length: Annotated[int | None, typer.Option(help="Input tokens per example, EOS included.")] = None,
+    max_target_length: Annotated[int | None, typer.Option(help="Maximum target tokens, EOS included.")] = None,
+    noise_density: Annotated[float | None, typer.Option(help="Span corruption: fraction of tokens masked.")] = None,
+    mean_noise_span_length: Annotated[float | None, typer.Option(
+        help="Span corruption: mean length of a masked span.")] = None,
+    eval_every: Annotated[int | None, typer.Option(help="Validation loss and a checkpoint every N steps.")] = None,
+    eval_examples: Annotated[int | None, typer.Option(
+        help="Validation examples (held out from the start of the corpus).")] = None,
+    validation_corpus: Annotated[str | None, typer.Option(
+        help="Separate validation text (same forms as --corpus); then nothing is held out.")] = None,
+    text_field: Annotated[str | None, typer.Option(help="Field holding the text in .jsonl / datasets.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    checkpoint_dir: Annotated[Path | None, typer.Option(
+        help="Where checkpoints go (default OUTPUT.checkpoints/KEY).")] = None,
+    resume: Annotated[bool, typer.Option(help="Resume from the last checkpoint if one exists.")] = True,
+    keep_checkpoints: Annotated[bool, typer.Option(help="Keep the checkpoints after success.")] = False,
+) -> None:
+    """Continue a model's pretraining (LM adaptation with prefix-LM, or span corruption); writes a checkpoint
+    that `train --model DIR` takes, plus lm_adapt_metrics.json (loss curve, validation loss, tokens/s)."""
+    from softprompt.config import from_section, load_params
+    from softprompt.lm_adapt import LMAdaptConfig
+    from softprompt.lm_adapt import lm_adapt as run_lm_adapt
+
+    section = load_params(profile)["lm_adapt"]
+    cfg = from_section(LMAdaptConfig, section, objective=objective and objective.value, steps=steps,
+                       batch_size=batch_size, grad_accumulation=grad_accumulation, lr=lr, warmup_steps=warmup_steps,
+                       max_source_length=max_source_length, max_target_length=max_target_length,
+                       noise_density=noise_density, mean_noise_span_length=mean_noise_span_length,
+                       eval_every=eval_every, eval_examples=eval_examples, text_field=text_field, seed=seed)
+    with progress_to_stderr():
+        meta = run_lm_adapt(model or section["model"], corpus or section["corpus"], output, cfg,
+                            cache_root=cache_root, validation_corpus=validation_corpus,
+                            checkpoint_dir=checkpoint_dir, resume=resume, keep_checkpoints=keep_checkpoints,
+                            force=force)
+    keys = ("key", "output", "reused", "base_model", "objective", "steps_trained", "validation_loss_before",
+            "validation_loss_after", "tokens_per_second")
+    typer.echo(json.dumps({k: meta.get(k) for k in keys}, indent=2))
+    typer.echo(f"{'reused' if meta['reused'] else 'wrote'} {meta['output']}")
 
 
 def main() -> None:

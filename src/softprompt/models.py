@@ -62,7 +62,14 @@ def build_tiny() -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The `tiny` model: the same weights in every process (seeded init) and a byte tokenizer (no files)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TINY_SEED)
-        model = T5ForConditionalGeneration(T5Config(**TINY_CONFIG))
+        config = T5Config(**TINY_CONFIG)
+        model = T5ForConditionalGeneration(config)
+        # transformers 5 ties lm_head to the input embeddings at construction; T5 1.1 has its own output
+        # layer, so give it separate weights (saved and reloaded untied, as T5 1.1 checkpoints are).
+        # std d_model**-0.5 keeps the initial logits O(1), so the tiny model learns in a few steps.
+        lm_head = torch.randn(config.vocab_size, config.d_model) * config.d_model**-0.5
+        model.lm_head.weight = torch.nn.Parameter(lm_head)
+    model.config._name_or_path = TINY  # recorded as base_model_name_or_path in saved adapters
     return model, ByT5Tokenizer()
 
 

@@ -96,9 +96,10 @@ def build_model(base: Base, task: Task, method: str, prompt_cfg: PromptConfig, s
 
 
 def training_arguments(cfg: TrainConfig, checkpoint_dir: Path, has_eval: bool, main_metric: str,
-                       progress: bool) -> TrainingArguments:
+                       progress: bool, **overrides: Any) -> TrainingArguments:
+    """The Trainer settings shared by prompt training and LM adaptation; `overrides` replace any of them."""
     eval_steps = min(cfg.eval_every, cfg.steps)
-    return TrainingArguments(
+    kwargs: dict[str, Any] = dict(
         output_dir=str(checkpoint_dir),
         max_steps=cfg.steps,
         per_device_train_batch_size=cfg.batch_size // cfg.grad_accumulation,
@@ -124,6 +125,7 @@ def training_arguments(cfg: TrainConfig, checkpoint_dir: Path, has_eval: bool, m
         remove_unused_columns=False,
         dataloader_num_workers=0,
     )
+    return TrainingArguments(**{**kwargs, **overrides})
 
 
 def adafactor(cfg: TrainConfig) -> tuple[type, dict[str, Any]]:
@@ -145,6 +147,7 @@ def train(
     keep_checkpoints: bool = False,
     progress: bool = True,
     extra_meta: dict[str, Any] | None = None,
+    callbacks: list[Any] | None = None,
 ) -> dict[str, Any]:
     """Train and write a prompt (or, with method=model, a full checkpoint) to `output`.
 
@@ -178,8 +181,9 @@ def train(
         return result
 
     args = training_arguments(cfg, checkpoint_dir, bool(val_examples), task.main_metric, progress)
-    callbacks = [EarlyStoppingCallback(cfg.early_stopping_patience)] if cfg.early_stopping_patience and val_examples \
-        else []
+    callbacks = list(callbacks or [])
+    if cfg.early_stopping_patience and val_examples:
+        callbacks.append(EarlyStoppingCallback(cfg.early_stopping_patience))
     trainer = ScoringTrainer(
         model=model,
         args=args,

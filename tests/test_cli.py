@@ -1,0 +1,65 @@
+"""The CLI end to end, as a user runs it: subprocesses, exit codes, one-line errors, files written."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from peft import PeftModel
+
+from conftest import REPO
+from softprompt.models import load_base
+
+CLI = [sys.executable, "-m", "softprompt.cli"]
+
+
+def run(*args, ok=True):
+    proc = subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, cwd=REPO,
+                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    if ok:
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
+def test_train_then_evaluate_generate_and_rank(rte_dir, tmp_path):
+    out = tmp_path / "prompt"
+    proc = run("train", "--task", "rte", "--model", "tiny", "--data", rte_dir, "--steps", "4", "--batch-size", "4",
+               "--prompt-length", "5", "--eval-every", "2", "--output", out)
+    summary = json.loads(proc.stdout[:proc.stdout.rindex("}") + 1])
+    assert summary["prompt_length"] == 5 and summary["steps_trained"] == 4
+    assert PeftModel.from_pretrained(load_base("tiny").model, str(out)) is not None
+    for mode in ("generate", "rank"):
+        metrics = tmp_path / f"{mode}.json"
+        run("evaluate", "--task", "rte", "--prompt", out, "--data", rte_dir, "--mode", mode, "--output", metrics)
+        result = json.loads(metrics.read_text())
+        assert result["num_examples"] == 8 and 0 <= result["accuracy"] <= 100 and result["mode"] == mode
+        assert sum(map(sum, result["confusion_matrix"]["matrix"])) == 8
+        preds = (tmp_path / f"{mode}.predictions.jsonl").read_text().splitlines()
+        assert len(preds) == 8 and {"idx", "inputs", "targets", "prediction"} <= json.loads(preds[0]).keys()
+    rank = json.loads((tmp_path / "rank.json").read_text())
+    assert rank["confusion_matrix"]["matrix"][-1] == [0, 0, 0]  # rank mode always answers with a label
+
+
+def test_prompt_design_baseline_needs_no_training(rte_dir, tmp_path):
+    run("evaluate", "--task", "rte", "--method", "design", "--model", "tiny", "--data", rte_dir, "--mode", "rank",
+        "--output", tmp_path / "m.json")
+    assert json.loads((tmp_path / "m.json").read_text())["method"] == "design"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--task", "rte", "--model", "tiny", "--data", "/nonexistent", "--output", "/tmp/x"],
+     "no such data directory"),
+    (["evaluate", "--task", "rte", "--prompt", "/nonexistent", "--output", "/tmp/x.json"], "no such prompt directory"),
+    (["train", "--task", "rte", "--model", "tiny", "--profile", "huge", "--output", "/tmp/x"], "unknown profile"),
+])
+def test_errors_are_one_line_and_exit_non_zero(args, message):
+    proc = run(*args, ok=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_help_explains_every_command():
+    top = run("--help").stdout
+    for command in ("train", "evaluate", "tasks"):
+        assert command in top
+    assert "--prompt-length" in run("train", "--help").stdout
