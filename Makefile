@@ -25,3 +25,25 @@ lint:  ## ruff
 
 bench:  ## run the benchmarks; results under benchmarks/results/
 	$(BIN)/python benchmarks/train_step.py
+
+# ---- the Kubeflow pipeline (README: "Run the pipeline") ----
+TASK ?= rte
+PROFILE ?=
+DATA ?=
+MODEL ?=
+CRON ?= 0 3 * * 0
+PIPELINE_ARGS = --task $(TASK) $(if $(PROFILE),--profile $(PROFILE)) $(if $(DATA),--data $(DATA)) $(if $(MODEL),--model $(MODEL))
+
+.PHONY: pipeline-run pipeline-compile pipeline-upload pipeline-schedule
+
+pipeline-run:  ## run the pipeline: on KFP_HOST if set, else locally with kfp.local (TASK= PROFILE= DATA= MODEL=)
+	$(BIN)/python -m pipelines.run run $(PIPELINE_ARGS)
+
+pipeline-compile:  ## write the pipeline spec (build/prompt_tuning.yaml) for upload in the Kubeflow UI
+	$(BIN)/python -m pipelines.run compile $(if $(PROFILE),--profile $(PROFILE))
+
+pipeline-upload:  ## upload the spec as a new version of the named pipeline on KFP_HOST
+	$(BIN)/python -m pipelines.run upload $(if $(PROFILE),--profile $(PROFILE))
+
+pipeline-schedule:  ## weekly (CRON=) retraining of TASK on KFP_HOST, always on the latest pipeline version
+	$(BIN)/python -m pipelines.run schedule $(PIPELINE_ARGS) --cron '$(CRON)'

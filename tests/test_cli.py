@@ -5,9 +5,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import REPO
 from peft import PeftModel
 
-from conftest import REPO
 from softprompt.models import load_base
 
 CLI = [sys.executable, "-m", "softprompt.cli"]
@@ -55,7 +55,9 @@ def test_prompt_design_baseline_needs_no_training(rte_dir, tmp_path):
 def test_errors_are_one_line_and_exit_non_zero(args, message):
     proc = run(*args, ok=False)
     assert proc.returncode == 2
-    assert proc.stderr.strip().count("\n") == 0 and message in proc.stderr and "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0] and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == errors[0]
 
 
 def test_help_explains_every_command():

@@ -3,8 +3,8 @@ import shutil
 
 import pytest
 import torch
-
 from conftest import SHARED, needs_shared
+
 from softprompt.errors import SoftpromptError
 from softprompt.models import embedding_fingerprint, load_base, sentinel_id
 

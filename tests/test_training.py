@@ -2,9 +2,9 @@ import json
 
 import pytest
 import torch
+from conftest import write_jsonl
 from transformers import TrainerCallback
 
-from conftest import write_jsonl
 from softprompt.config import PromptConfig, TrainConfig
 from softprompt.errors import SoftpromptError
 from softprompt.models import load_base

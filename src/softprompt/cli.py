@@ -59,6 +59,15 @@ Model = Annotated[str | None, typer.Option(
     help="Base model: a Hub id (google/t5-base-lm-adapt), a local directory, a gs:// URI, or `tiny`.")]
 
 
+def profile_for(profile: str | None, model: str | None) -> str | None:
+    """`--model tiny` without `--profile` runs with the smoke profile: tiny exists for tests and smoke runs,
+    and the paper's defaults (batch 32 x 30K steps, 128 x 512-token LM batches) make no sense for it."""
+    if profile is None and model == "tiny":
+        typer.echo("note: --model tiny uses --profile smoke for unset options", err=True)
+        return "smoke"
+    return profile
+
+
 def quiet_libraries() -> None:
     """Keep library chatter off the terminal; our own messages and progress bars stay."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -112,7 +121,7 @@ def train(
     from softprompt.config import EvalConfig, PromptConfig, TrainConfig, from_section, load_params
     from softprompt.training import train as run_train
 
-    params = load_params(profile)
+    params = load_params(profile_for(profile, model))
     prompt_cfg = from_section(PromptConfig, params["prompt"], length=prompt_length, init=init and init.value)
     train_cfg = from_section(TrainConfig, params["train"], method=method and method.value, steps=steps,
                              batch_size=batch_size, lr=lr, seed=seed, eval_every=eval_every,
@@ -397,7 +406,7 @@ def lm_adapt(
     from softprompt.lm_adapt import LMAdaptConfig
     from softprompt.lm_adapt import lm_adapt as run_lm_adapt
 
-    section = load_params(profile)["lm_adapt"]
+    section = load_params(profile_for(profile, model))["lm_adapt"]
     cfg = from_section(LMAdaptConfig, section, objective=objective and objective.value, steps=steps,
                        batch_size=batch_size, grad_accumulation=grad_accumulation, lr=lr, warmup_steps=warmup_steps,
                        max_source_length=max_source_length, max_target_length=max_target_length,
@@ -412,6 +421,94 @@ def lm_adapt(
             "validation_loss_after", "tokens_per_second")
     typer.echo(json.dumps({k: meta.get(k) for k in keys}, indent=2))
     typer.echo(f"{'reused' if meta['reused'] else 'wrote'} {meta['output']}")
+
+
+@app.command()
+def ensemble(
+    task: Task,
+    prompt: Annotated[list[Path], typer.Option(help="A prompt directory from `softprompt train`; repeat for each "
+                                                    "prompt (at least 2, same task, length and base model).")],
+    output: Annotated[Path, typer.Option(help="Directory to write ensemble.json, ensemble.md and "
+                                              "predictions.jsonl to (replaced atomically).")],
+    data: Data = None,
+    model: Annotated[str | None, typer.Option(help="Base model (default: the one the prompts were trained "
+                                                   "on).")] = None,
+    split: Annotated[str, typer.Option(help="Split to evaluate: train, validation or test.")] = "validation",
+    mode: Annotated[Mode | None, typer.Option(help="generate: exact match of the generated label (paper); "
+                                                   "rank: score every label string.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Examples per forward pass (each is replicated once "
+                                                        "per prompt).")] = None,
+    limit: Annotated[int | None, typer.Option(help="Evaluate only the first N examples.")] = None,
+    profile: Profile = None,
+) -> None:
+    """Evaluate N prompts in one batched pass and majority-vote them (paper, Table 3)."""
+    from softprompt.config import EvalConfig, from_section, load_params
+    from softprompt.ensemble import markdown_table, run_ensemble
+
+    cfg = from_section(EvalConfig, load_params(profile)["eval"], mode=mode and mode.value, batch_size=batch_size)
+    summary = run_ensemble(task, prompt, output, data=data, model=model, split=split, mode=cfg.mode,
+                           batch_size=cfg.batch_size, limit=limit)
+    typer.echo(markdown_table(summary))
+    typer.echo(f"wrote {output}")
+
+
+@app.command()
+def neighbors(
+    prompt: Annotated[Path, typer.Option(help="A prompt directory from `softprompt train`.")],
+    output: Annotated[Path, typer.Option(help="Directory to write neighbors.json and neighbors.md to "
+                                              "(replaced atomically).")],
+    model: Annotated[str | None, typer.Option(help="Base model (default: the one the prompt was trained "
+                                                   "on).")] = None,
+    k: Annotated[int, typer.Option("--k", "-k", help="Nearest vocabulary tokens to list per position.")] = 5,
+    label: Annotated[list[str] | None, typer.Option(help="A class label to look for among the neighbours; repeat "
+                                                         "for each (default: the prompt's task labels).")] = None,
+) -> None:
+    """List the nearest vocabulary tokens of every prompt position (paper, section 7)."""
+    from softprompt.interpret import run_neighbors
+
+    result = run_neighbors(prompt, output, model=model, k=k, labels=label or None)
+    typer.echo(f"{result['positions_with_label']} of {result['prompt_length']} positions have a class label "
+               f"among their top-{k} neighbours")
+    typer.echo(f"wrote {output}")
+
+
+@app.command()
+def transfer(
+    prompt: Annotated[Path, typer.Option(help="A prompt directory from `softprompt train` on the source task.")],
+    source_task: Annotated[str, typer.Option(help="The task the prompt was trained on, e.g. qqp or squad.")],
+    target_task: Annotated[list[str], typer.Option(help="A task to transfer to, e.g. mrpc or bioasq; repeat for "
+                                                        "each.")],
+    output: Annotated[Path, typer.Option(help="Directory to write transfer.json, transfer.md and predictions "
+                                              "to (replaced atomically).")],
+    source_data: Annotated[Path | None, typer.Option(help="Directory with the source task's files (omit: "
+                                                          "the Hub).")] = None,
+    target_data: Annotated[list[Path] | None, typer.Option(
+        help="Directory with a target task's files, one per --target-task in the same order, or one shared by "
+             "all (omit: the Hub).")] = None,
+    model: Annotated[str | None, typer.Option(help="Base model (default: the one the prompt was trained "
+                                                   "on).")] = None,
+    mode: Annotated[Mode | None, typer.Option(help="generate: exact match of the generated text (paper); "
+                                                   "rank: score the source's label strings.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Examples per forward pass.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Evaluate only the first N examples of each task.")] = None,
+    skip_source: Annotated[bool, typer.Option(help="Do not evaluate the source task's validation split.")] = False,
+    profile: Profile = None,
+) -> None:
+    """Evaluate a prompt on its source task and zero-shot on related tasks (paper, Tables 1 and 2)."""
+    from softprompt.config import EvalConfig, from_section, load_params
+    from softprompt.transfer import markdown_table, run_transfer
+
+    dirs = list(target_data or [])
+    if len(dirs) not in (0, 1, len(target_task)):
+        raise SoftpromptError(f"give one --target-data per --target-task ({len(target_task)}), one shared "
+                              f"directory, or none; got {len(dirs)}")
+    dirs = dirs * len(target_task) if len(dirs) == 1 else dirs or [None] * len(target_task)
+    cfg = from_section(EvalConfig, load_params(profile)["eval"], mode=mode and mode.value, batch_size=batch_size)
+    report = run_transfer(prompt, source_task, list(zip(target_task, dirs)), output, source_data=source_data,
+                          model=model, mode=cfg.mode, batch_size=cfg.batch_size, limit=limit,
+                          skip_source=skip_source)
+    typer.echo(markdown_table(report))
+    typer.echo(f"wrote {output}")
 
 
 def main() -> None:

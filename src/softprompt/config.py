@@ -157,3 +157,12 @@ def from_section(cls: type, params: dict[str, Any], **overrides: Any) -> Any:
     values = {k: v for k, v in params.items() if k in names}
     values.update({k: v for k, v in overrides.items() if v is not None and k in names})
     return cls(**values)
+
+
+def component_image(params: dict[str, Any] | None = None) -> str:
+    """The container image every pipeline component runs in: `cluster.image:cluster.image_tag` from
+    params.yaml (the same setting `make image` builds and pushes), or $SOFTPROMPT_IMAGE."""
+    if os.environ.get("SOFTPROMPT_IMAGE"):
+        return os.environ["SOFTPROMPT_IMAGE"]
+    cluster = (params or load_params())["cluster"]
+    return f"{cluster['image']}:{cluster['image_tag']}"

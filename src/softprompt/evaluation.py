@@ -109,7 +109,14 @@ def predict(model: Any, encoding: Encoding, task: Task, examples: Sequence[Examp
         if not task.is_classification:
             raise SoftpromptError(f"{task.name}: rank classification needs label strings; use --mode generate")
         return rank_predictions(model, encoding, examples, task.label_names, batch_size, progress)
-    return generate_predictions(model, encoding, examples, batch_size, task.max_target_length, progress)
+    return generate_predictions(model, encoding, examples, batch_size, max_new_tokens(task, encoding), progress)
+
+
+def max_new_tokens(task: Task, encoding: Encoding) -> int:
+    """Tokens to generate: the task's budget, but never fewer than its longest label needs (a byte-level
+    tokenizer spells "not_entailment" in 15 tokens), so a right answer is never cut off."""
+    longest = max((len(encoding.target_ids(label)) for label in task.label_names or ()), default=0)
+    return max(task.max_target_length, longest)
 
 
 def score(task: Task, predictions: Sequence[str], examples: Sequence[Example]) -> dict[str, Any]:

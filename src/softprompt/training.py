@@ -61,6 +61,9 @@ class ScoringTrainer(Trainer):
     def __init__(self, *args: Any, score_fn: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.score_fn = score_fn
+        # T5's forward accepts **kwargs but its loss is a per-batch mean that ignores num_items_in_batch, so
+        # the Trainer must scale the loss for gradient accumulation itself.
+        self.model_accepts_loss_kwargs = False
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         result = self.score_fn(self.model)

@@ -31,6 +31,9 @@ class Example:
 
 Formatter = Callable[[dict[str, Any], "Task"], list[Example]]
 MetricFn = Callable[[Sequence[str], Sequence[Example]], dict[str, float]]
+# One raw row (a local file's official layout, or a Hub row) and its 0-based position -> rows in the Hub
+# schema that `fields` describes (several for MultiRC/ReCoRD paragraphs, none for an MRQA header line).
+RowNormalizer = Callable[[dict[str, Any], int], list[dict[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,9 @@ class Task:
 
     name: str
     description: str
-    fields: dict[str, str]  # raw field -> type: str | int | bool | label | dict | list (used by validation)
+    # Field -> type (str | int | bool | label | dict | list) of the rows `load_rows` returns: the Hub
+    # (TFDS/`datasets`) schema, which local files in the official layout are normalised to. Used by validation.
+    fields: dict[str, str]
     formatter: Formatter
     metric_fn: MetricFn
     main_metric: str
@@ -53,6 +58,9 @@ class Task:
     id_field: str = "idx"
     text_fields: tuple[str, ...] = ()  # fields checked for length/emptiness by validation
     taskless: bool = False
+    normalize_row: RowNormalizer | None = None  # raw row -> Hub-schema rows (see RowNormalizer)
+    train_filter: Callable[[dict[str, Any]], bool] | None = None  # rows kept for training (WSC: true only)
+    group_key: str | None = None  # Example.meta key grouping expanded rows (MultiRC question, ReCoRD query)
 
     @property
     def is_classification(self) -> bool:
@@ -120,6 +128,7 @@ def glue_formatter(feature_names: Sequence[str] | None = None) -> Formatter:
     """
 
     def fmt(row: dict[str, Any], task: Task) -> list[Example]:
+        # T5 quirk: without feature_names the keys are sorted, so COPA reads "choice1: .. choice2: .. premise:".
         keys = feature_names or sorted(set(row) - {"label", "idx"})
         parts: list[str] = []
         for key in keys:

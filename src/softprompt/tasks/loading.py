@@ -81,13 +81,28 @@ def read_file(path: Path) -> list[dict[str, Any]]:
 
 
 def load_rows(task: Task, data_dir: str | Path | None, split: str) -> list[dict[str, Any]]:
-    """Raw rows of one split, from `data_dir` or (when None) from the Hugging Face Hub."""
+    """Raw rows of one split in the Hub schema (`task.fields`), from `data_dir` or (when None) the Hub."""
     if data_dir is not None:
         path = find_split_file(task, data_dir, split)
-        rows = read_file(path)
-        normalize = getattr(task, "normalize_rows", None)
-        return normalize(rows, path) if normalize else rows
-    return load_hub_rows(task, split)
+        return normalize_rows(task, read_file(path), str(path))
+    return normalize_rows(task, load_hub_rows(task, split), f"{task.name} {split} (Hub)")
+
+
+def normalize_rows(task: Task, rows: list[dict[str, Any]], where: str) -> list[dict[str, Any]]:
+    """Apply the task's row normaliser (official local layout -> Hub schema), naming the bad row on error."""
+    if task.normalize_row is None:
+        return rows
+    out: list[dict[str, Any]] = []
+    for i, row in enumerate(rows):
+        try:
+            out.extend(task.normalize_row(row, i))
+        except KeyError as e:
+            raise SoftpromptError(f"{where}: row {i + 1} has no field {e}; expected the official "
+                                  f"{task.name} layout") from e
+        except (TypeError, ValueError, AttributeError) as e:
+            raise SoftpromptError(f"{where}: row {i + 1} is malformed ({e}); expected the official "
+                                  f"{task.name} layout") from e
+    return out
 
 
 def load_hub_rows(task: Task, split: str) -> list[dict[str, Any]]:
@@ -110,6 +125,9 @@ def load_examples(task: Task, data_dir: str | Path | None, split: str, limit: in
     """Formatted examples of one split, in file order (expanded rows for MultiRC/ReCoRD)."""
     rows = load_rows(task, data_dir, split)
     where = find_split_file(task, data_dir, split) if data_dir is not None else f"{task.name} {split} (Hub)"
+    if split == "train" and task.train_filter is not None:
+        # e.g. T5's WSC simple train task keeps only rows whose candidate is the correct referent.
+        rows = [r for r in rows if task.train_filter(r)]
     examples = []
     for i, row in enumerate(rows):
         try:
@@ -122,3 +140,8 @@ def load_examples(task: Task, data_dir: str | Path | None, split: str, limit: in
         if limit is not None and len(examples) >= limit:
             return examples[:limit]
     return examples
+
+
+def preview_rows(task: Task, data_dir: str | Path | None, split: str, limit: int | None = None) -> list[dict]:
+    """What the model sees: `{idx, inputs, targets}` per formatted example, in file order."""
+    return [e.to_json() for e in load_examples(task, data_dir, split, limit=limit)]

@@ -1,0 +1,34 @@
+"""Evaluation: every prompt, their ensemble, and the best prompt as the registration candidate."""
+
+
+from kfp import dsl
+from kfp.dsl import ClassificationMetrics, Dataset, Input, Metrics, Model, Output
+
+from components import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def evaluate_prompts(task: str, data: Input[Dataset], prompts: Input[list[Model]], mode: str, split: str,
+                     metrics: Output[Metrics], confusion: Output[ClassificationMetrics], best_prompt: Output[Model],
+                     evaluation: Output[Dataset]) -> float:
+    """Evaluate the prompts on `split`; returns the best prompt's main metric (the promotion gate's input)."""
+    import os
+
+    from softprompt.pipeline_steps import copy_dir, evaluate_step
+
+    result = evaluate_step(task, data.path, [p.path for p in prompts], evaluation.path, mode=mode, split=split)
+    main = result["main_metric"]
+    for key, value in result.items():
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            metrics.log_metric(key, value)
+    for i, value in enumerate(result["per_prompt"]):
+        metrics.log_metric(f"prompt_{i}_{main}", value)
+    for key, value in (result.get("ensemble") or {}).items():
+        metrics.log_metric(f"ensemble_{key}", value)
+    if "confusion_matrix" in result:
+        cm = result["confusion_matrix"]
+        confusion.log_confusion_matrix(cm["labels"], cm["matrix"])
+    copy_dir(result["prompt_dir"], best_prompt.path)
+    best_prompt.metadata.update({"task": task, main: result[main], "metrics_file":
+                                 os.path.join(evaluation.path, "metrics.json")})
+    return float(result[main])

@@ -1,0 +1,25 @@
+"""Prompt registration: an immutable registry version, promoted to production only past the gate."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Markdown, Model, Output
+
+from components import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def register_prompt(task: str, prompt: Input[Model], evaluation: Input[Dataset], registry_repo: str,
+                    registry_remote: str, promote: str, promotion_margin: float, run_id: str,
+                    summary: Output[Markdown]) -> str:
+    """Register the best prompt with its lineage; returns the version name (e.g. rte-prompt@v3.0.0)."""
+    import os
+
+    from softprompt.pipeline_steps import register_step
+
+    reg = register_step(task, prompt.path, os.path.join(evaluation.path, "metrics.json"), repo=registry_repo or None,
+                        run_id=run_id, policy=promote, margin=promotion_margin, remote=registry_remote or None)
+    lines = [f"# {task}: {reg['tag']}", "", "| | |", "|---|---|",
+             f"| {reg['main_metric']} | {reg['value']:.2f} |", f"| promoted | {reg['promoted']} |",
+             f"| why | {reg['reason']} |", f"| content md5 | `{reg['md5']}` |"]
+    with open(summary.path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    return reg["tag"]

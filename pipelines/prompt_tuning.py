@@ -1,0 +1,148 @@
+"""The prompt-tuning pipeline: validate -> LM-adapt -> train N prompts in parallel -> evaluate -> register.
+
+Every parameter's default comes from params.yaml (optionally a profile of it), the one place defaults are
+written. Scheduling (accelerators, node selectors, tolerations, retries, secrets) comes from its
+`cluster:` section, which infra/ reads too.
+"""
+
+
+from typing import Any
+
+from kfp import dsl, kubernetes
+
+from components.evaluate import evaluate_prompts
+from components.lm_adapt import lm_adapt
+from components.register import register_prompt
+from components.train import train_prompt
+from components.validate import validate_data
+from softprompt.config import load_params
+
+PIPELINE_NAME = "softprompt-prompt-tuning"
+
+
+def seeds_for(num_prompts: int, seed: int) -> list[int]:
+    """One seed per prompt: seed, seed+1, ... (the ensemble's members differ only by seed)."""
+    return [seed + i for i in range(num_prompts)]
+
+
+def use_accelerator(task: dsl.PipelineTask, cluster: dict[str, Any]) -> None:
+    """Land a step on the configured accelerator pool: resource request, node selector, toleration, retries."""
+    name = cluster.get("accelerator") or "none"
+    if name == "none":
+        return
+    if name not in cluster["accelerators"]:
+        raise ValueError(f"cluster.accelerator {name!r} is not one of {', '.join(cluster['accelerators'])}")
+    spec = cluster["accelerators"][name]
+    task.set_accelerator_type(spec["resource"])
+    task.set_accelerator_limit(int(cluster["accelerator_count"]))
+    for key, value in spec["node_selector"].items():
+        kubernetes.add_node_selector(task, label_key=key, label_value=value)
+    taint = spec["taint"]
+    kubernetes.add_toleration(task, key=taint["key"], operator="Equal", value=taint["value"], effect=taint["effect"])
+    task.set_retry(num_retries=3, backoff_duration="120s", backoff_factor=2.0)  # preemptible (spot) GPU nodes
+
+
+def use_cpu_pool(task: dsl.PipelineTask, cluster: dict[str, Any]) -> None:
+    for key, value in cluster["cpu_pool"]["node_selector"].items():
+        kubernetes.add_node_selector(task, label_key=key, label_value=value)
+
+
+def request(task: dsl.PipelineTask, cluster: dict[str, Any], kind: str) -> None:
+    res = cluster["resources"][kind]
+    task.set_cpu_request(res["cpu"]).set_memory_request(res["memory"])
+
+
+def mount_secret(task: dsl.PipelineTask, cluster: dict[str, Any], name: str, optional: bool) -> None:
+    secret = cluster["secrets"][name]
+    kubernetes.use_secret_as_env(task, secret_name=secret["name"], secret_key_to_env={secret["key"]: secret["env"]},
+                                 optional=optional)
+
+
+def build_pipeline(profile: str | None = None, on_cluster: bool = True):
+    """The pipeline function, its defaults from params.yaml (+ `profile`).
+
+    `on_cluster=False` leaves out the Kubernetes scheduling settings for kfp.local runs (the local runner
+    has no node pools); the DAG and every parameter are the same.
+    """
+    params = load_params(profile)
+    pipe, train, cluster = params["pipeline"], params["train"], params["cluster"]
+    registry = params["registry"]
+
+    @dsl.pipeline(name=PIPELINE_NAME, description="Prompt tuning (Lester et al., 2021): validate, LM-adapt, "
+                                                  "train soft prompts, evaluate, register.")
+    def prompt_tuning(
+        task: str = pipe["task"],
+        model: str = params["model"],
+        data: str = pipe["data"],
+        lm_adapt_steps: int = pipe["lm_adapt_steps"],
+        lm_objective: str = params["lm_adapt"]["objective"],
+        lm_corpus: str = pipe["lm_corpus"],
+        lm_cache_root: str = pipe["lm_cache_root"],
+        prompt_length: int = params["prompt"]["length"],
+        init: str = params["prompt"]["init"],
+        steps: int = train["steps"],
+        batch_size: int = train["batch_size"],
+        learning_rate: float = train["prompt_lr"],
+        seeds: list = seeds_for(pipe["num_prompts"], train["seed"]),  # noqa: B006 (KFP reads the default)
+        eval_mode: str = params["eval"]["mode"],
+        eval_split: str = params["eval"]["split"],
+        register_threshold: float = pipe["register_threshold"],
+        promote: str = registry["promote"],
+        promotion_margin: float = registry["promotion_margin"],
+        registry_repo: str = pipe["registry_repo"],
+        registry_remote: str = "",
+        profile: str = profile or "",
+    ) -> float:
+        """Train and ship a soft prompt for one task.
+
+        Args:
+            task: Task to tune for (rte, cb, boolq, ...; see `softprompt tasks`).
+            model: Base model: Hub id, gs:// URI, local directory, or `tiny`.
+            data: Task data: a directory or gs:// prefix with the official files; empty loads the Hub dataset.
+            lm_adapt_steps: LM-adaptation steps before prompt tuning; 0 uses the base model as is.
+            lm_objective: prefix-lm (LM adaptation) or span-corruption.
+            lm_corpus: Corpus for LM adaptation (c4, hf:DATASET[:CONFIG], or a path).
+            lm_cache_root: Where adapted checkpoints are reused from (same base/objective/steps).
+            prompt_length: Soft-prompt length P.
+            init: Prompt initialisation: random, sampled-vocab or class-label.
+            steps: Prompt-training steps.
+            batch_size: Training batch size.
+            learning_rate: Adafactor learning rate (constant).
+            seeds: One prompt is trained per seed, in parallel; several make an ensemble.
+            eval_mode: generate (exact label match, as the paper reports) or rank.
+            eval_split: Split to evaluate and gate on.
+            register_threshold: Register only if the best prompt's main metric reaches this.
+            promote: After registration: auto (promote past the metric gate), never, or force.
+            promotion_margin: auto promotion needs the main metric to beat production by this much.
+            registry_repo: Registry git checkout or URL; empty means the current checkout.
+            registry_remote: DVC remote override (a directory or gs://); empty uses params.yaml.
+            profile: params.yaml profile the steps read their remaining settings from.
+        """
+        check = validate_data(task=task, data=data)
+        base = lm_adapt(base_model=model, steps=lm_adapt_steps, objective=lm_objective, corpus=lm_corpus,
+                        cache_root=lm_cache_root, profile=profile)
+        with dsl.ParallelFor(seeds, parallelism=0) as seed:
+            trained = train_prompt(task=task, data=check.outputs["validated"], base=base.outputs["model"],
+                                   profile=profile, prompt_length=prompt_length, init=init, steps=steps,
+                                   batch_size=batch_size, learning_rate=learning_rate, seed=seed)
+        scored = evaluate_prompts(task=task, data=check.outputs["validated"],
+                                  prompts=dsl.Collected(trained.outputs["prompt"]), mode=eval_mode, split=eval_split)
+        with dsl.If(scored.outputs["Output"] >= register_threshold, name="passes-threshold"):
+            registered = register_prompt(task=task, prompt=scored.outputs["best_prompt"],
+                                         evaluation=scored.outputs["evaluation"], registry_repo=registry_repo,
+                                         registry_remote=registry_remote, promote=promote,
+                                         promotion_margin=promotion_margin, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+        registered.set_caching_options(False)  # it changes the registry: never replay it from cache
+        if on_cluster:
+            for step in (base, trained, scored):
+                use_accelerator(step, cluster)
+                request(step, cluster, "heavy")
+            for step in (check, registered):
+                use_cpu_pool(step, cluster)
+                request(step, cluster, "light")
+            for step in (base, trained):
+                mount_secret(step, cluster, "hf_token", optional=True)
+            mount_secret(registered, cluster, "registry_git", optional=True)
+        return scored.outputs["Output"]
+
+    return prompt_tuning

@@ -1,0 +1,273 @@
+"""Compile, run, upload and schedule the prompt-tuning pipeline (the `make pipeline-*` targets call this).
+
+    python -m pipelines.run run --task rte --profile smoke --data ../shared/data/superglue/RTE
+    python -m pipelines.run compile --output build/prompt_tuning.yaml
+    KFP_HOST=https://... python -m pipelines.run upload
+    KFP_HOST=https://... python -m pipelines.run schedule --task rte --cron '0 3 * * 0'
+
+`run` submits to Kubeflow Pipelines when KFP_HOST is set, otherwise it runs the same pipeline on this
+machine with kfp.local (SubprocessRunner, a local pipeline root) and prints a summary table.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from softprompt.config import load_params
+from softprompt.errors import SoftpromptError
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_SPEC = REPO / "build" / "prompt_tuning.yaml"
+LOCAL_ROOT = REPO / "runs" / "kfp"
+
+
+def arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """Pipeline arguments from the command line; unset ones keep the pipeline's params.yaml defaults."""
+    out: dict[str, Any] = {"task": args.task}
+    if args.profile:
+        out["profile"] = args.profile
+    if args.data is not None:
+        out["data"] = str(Path(args.data).resolve()) if args.data and "://" not in args.data else args.data
+    if args.model:
+        out["model"] = str(Path(args.model).resolve()) if Path(args.model).exists() else args.model
+    for pair in args.param or []:
+        key, _, value = pair.partition("=")
+        out[key] = json.loads(value) if value[:1] in "[{0123456789-" or value in ("true", "false") else value
+    return out
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
+        return False
+    import urllib.request
+
+    try:
+        urllib.request.urlopen("https://huggingface.co/api/models?limit=1", timeout=timeout)
+        return True
+    except OSError:
+        return False
+
+
+def preflight(values: dict[str, Any]) -> None:
+    """Stop at once, saying what to pass, when the run would need the Hub and the Hub is out of reach."""
+    from softprompt.models import TINY
+
+    needs_data = not values.get("data")
+    model = values.get("model", "")
+    needs_model = model != TINY and not model.startswith("gs://") and not Path(model).exists() and not _cached(model)
+    if (needs_data or needs_model) and not hub_reachable():
+        what = []
+        if needs_data:
+            what.append(f"DATA=DIR with the {values['task']} files (e.g. DATA=../shared/data/superglue/RTE)")
+        if needs_model:
+            what.append(f"MODEL=tiny or MODEL=DIR with a local checkpoint (the Hub model {model!r} is not cached)")
+        raise SoftpromptError("the Hugging Face Hub cannot be reached; pass " + " and ".join(what))
+
+
+def _cached(model: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(model, "config.json"), str)
+    except Exception:
+        return False
+
+
+def effective(profile: str | None, values: dict[str, Any]) -> dict[str, Any]:
+    """The pipeline's defaults for `profile` with `values` applied: what the run will actually use."""
+    import inspect
+
+    from pipelines.prompt_tuning import build_pipeline
+
+    fn = build_pipeline(profile, on_cluster=False).pipeline_func
+    defaults = {k: p.default for k, p in inspect.signature(fn).parameters.items()}
+    return {**defaults, **values}
+
+
+def run_local(values: dict[str, Any], profile: str | None) -> dict[str, Any]:
+    from kfp import local
+
+    from pipelines.prompt_tuning import build_pipeline
+
+    preflight(effective(profile, values))
+    root = LOCAL_ROOT / values["task"]
+    root.mkdir(parents=True, exist_ok=True)
+    # use_venv=False: components run with this interpreter, where softprompt is installed (as in the image).
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+    before = set(root.iterdir())
+    started = time.time()
+    build_pipeline(profile, on_cluster=False)(**values)
+    run_dir = max(set(root.iterdir()) - before, key=lambda p: p.stat().st_mtime)
+    return summarize_local(run_dir, values["task"], time.time() - started)
+
+
+def _outputs(run_dir: Path, step: str) -> dict[str, Any]:
+    """Parameter outputs of one local step (from its executor_output.json)."""
+    path = run_dir / step / "executor_output.json"
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text())
+    return {k: v for k, v in data.get("parameterValues", {}).items()}
+
+
+def summarize_local(run_dir: Path, task: str, seconds: float) -> dict[str, Any]:
+    report = next(run_dir.glob("validate-data/validated.report/validation.json"), None)
+    validation = json.loads(report.read_text()) if report else {}
+    metrics_file = run_dir / "evaluate-prompts" / "evaluation" / "metrics.json"
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    registered = _outputs(run_dir, "register-prompt").get("Output")
+    summary_md = run_dir / "register-prompt" / "summary"
+    promoted = None
+    if summary_md.is_file():
+        promoted = "| promoted | True |" in summary_md.read_text()
+    return {
+        "run_dir": str(run_dir), "task": task, "seconds": round(seconds, 1),
+        "validation": "passed" if validation.get("success") else "failed",
+        "expectations": validation.get("statistics", {}).get("evaluated_expectations"),
+        "main_metric": metrics.get("main_metric"), "score": metrics.get(metrics.get("main_metric", ""), None),
+        "per_prompt": metrics.get("per_prompt"), "ensemble": metrics.get("ensemble"),
+        "registered": registered or "(not registered: below register_threshold)",
+        "promoted": promoted,
+    }
+
+
+def print_table(summary: dict[str, Any]) -> None:
+    rows = [("task", summary["task"]), ("validation", f"{summary['validation']} "
+                                                     f"({summary['expectations']} expectations)"),
+            (summary["main_metric"] or "metric", _fmt(summary["score"])),
+            ("per prompt", ", ".join(_fmt(v) for v in summary["per_prompt"] or [])),
+            ("registered", summary["registered"]), ("promoted", summary["promoted"]),
+            ("time", f"{summary['seconds']} s"), ("artifacts", summary["run_dir"])]
+    if summary.get("ensemble"):
+        rows.insert(4, ("ensemble", _fmt(summary["ensemble"].get(summary["main_metric"]))))
+    width = max(len(k) for k, _ in rows)
+    print("\n" + "\n".join(f"{k:<{width}}  {v}" for k, v in rows))
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def compile_spec(profile: str | None, output: Path) -> Path:
+    from kfp import compiler
+
+    from pipelines.prompt_tuning import build_pipeline
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(build_pipeline(profile), str(output))
+    return output
+
+
+def client():
+    import kfp
+
+    host = os.environ.get("KFP_HOST")
+    if not host:
+        raise SoftpromptError("KFP_HOST is not set; export KFP_HOST=https://YOUR-KFP-ENDPOINT")
+    return kfp.Client(host=host, namespace=os.environ.get("KFP_NAMESPACE") or None)
+
+
+def experiment_name(task: str) -> str:
+    return f"{load_params()['pipeline']['experiment_prefix']}-{task}"
+
+
+def submit(values: dict[str, Any], profile: str | None, spec: Path) -> str:
+    kfp_client = client()
+    compile_spec(profile, spec)
+    run = kfp_client.create_run_from_pipeline_package(
+        str(spec), arguments=values, experiment_name=experiment_name(values["task"]),
+        run_name=f"{values['task']}-{time.strftime('%Y%m%d-%H%M%S')}", enable_caching=True)
+    url = f"{os.environ['KFP_HOST'].rstrip('/')}/#/runs/details/{run.run_id}"
+    print(f"submitted run {run.run_id}\n{url}")
+    return run.run_id
+
+
+def pipeline_name(task: str | None = None) -> str:
+    from pipelines.prompt_tuning import PIPELINE_NAME
+
+    return PIPELINE_NAME
+
+
+def upload(profile: str | None, spec: Path, version: str | None) -> tuple[str, str]:
+    """Upload the spec as a new version of the named pipeline (creating the pipeline the first time)."""
+    kfp_client = client()
+    compile_spec(profile, spec)
+    name = pipeline_name()
+    version = version or time.strftime("v%Y%m%d-%H%M%S")
+    pipeline_id = kfp_client.get_pipeline_id(name)
+    if pipeline_id is None:
+        pipeline = kfp_client.upload_pipeline(str(spec), pipeline_name=name,
+                                              description="softprompt prompt tuning")
+        pipeline_id = pipeline.pipeline_id
+        versions = kfp_client.list_pipeline_versions(pipeline_id).pipeline_versions or []
+        version_id = versions[0].pipeline_version_id if versions else ""
+    else:
+        v = kfp_client.upload_pipeline_version(str(spec), pipeline_version_name=version, pipeline_id=pipeline_id)
+        version_id = v.pipeline_version_id
+    print(f"pipeline {name} ({pipeline_id}) version {version} ({version_id})")
+    return pipeline_id, version_id
+
+
+def schedule(values: dict[str, Any], cron: str, profile: str | None, spec: Path) -> str:
+    """A recurring run on the pipeline with no version pinned, so each run uses the latest version."""
+    kfp_client = client()
+    pipeline_id = kfp_client.get_pipeline_id(pipeline_name())
+    if pipeline_id is None:
+        pipeline_id, _ = upload(profile, spec, None)
+    experiment = kfp_client.create_experiment(experiment_name(values["task"]))
+    job = kfp_client.create_recurring_run(
+        experiment_id=experiment.experiment_id, job_name=f"retrain-{values['task']}", cron_expression=_cron6(cron),
+        pipeline_id=pipeline_id, params=values, max_concurrency=1, no_catchup=True, enable_caching=True)
+    print(f"scheduled {job.recurring_run_id}: {values['task']} at '{cron}' on the latest {pipeline_name()} version")
+    return job.recurring_run_id
+
+
+def _cron6(cron: str) -> str:
+    """KFP's cron has a seconds field: a 5-field expression gets '0 ' in front."""
+    fields = cron.split()
+    if len(fields) not in (5, 6):
+        raise SoftpromptError(f"CRON={cron!r}: expected 5 fields (min hour day month weekday), e.g. '0 3 * * 0'")
+    return cron if len(fields) == 6 else "0 " + cron
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("run", "compile", "upload", "schedule"):
+        p = sub.add_parser(name)
+        p.add_argument("--profile", default=os.environ.get("PROFILE") or None,
+                       help="params.yaml profile (smoke, local, paper) for the defaults")
+        p.add_argument("--spec", type=Path, default=DEFAULT_SPEC, help="where the compiled spec is written")
+        if name in ("run", "schedule"):
+            p.add_argument("--task", default=load_params()["pipeline"]["task"], help="task to tune for")
+            p.add_argument("--data", default=None, help="task data directory or gs:// prefix ('' = the Hub)")
+            p.add_argument("--model", default=None, help="base model (Hub id, directory, gs://, tiny)")
+            p.add_argument("--param", action="append", help="any other pipeline parameter, KEY=VALUE")
+        if name == "schedule":
+            p.add_argument("--cron", required=True, help="cron expression, e.g. '0 3 * * 0' (Sundays 03:00)")
+        if name == "upload":
+            p.add_argument("--version", default=None, help="version name (default: a timestamp)")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "compile":
+            print(f"wrote {compile_spec(args.profile, args.spec)}")
+        elif args.command == "upload":
+            upload(args.profile, args.spec, args.version)
+        elif args.command == "schedule":
+            schedule(arguments(args), args.cron, args.profile, args.spec)
+        elif os.environ.get("KFP_HOST"):
+            submit(arguments(args), args.profile, args.spec)
+        else:
+            print_table(run_local(arguments(args), args.profile))
+    except SoftpromptError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

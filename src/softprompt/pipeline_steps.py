@@ -1,0 +1,154 @@
+"""The pipeline's five steps as plain functions over local paths.
+
+The KFP components in `components/` are thin wrappers that map their artifacts to paths and call these;
+the DVC stages call the same work through the `softprompt` CLI. Each function here only resolves
+inputs (gs:// data, the Hub, an LM-adapted model or the base as is) and calls the library function that
+does the work, so no step's logic exists twice.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from softprompt.errors import SoftpromptError
+from softprompt.io import atomic_dir, write_json
+
+MODEL_REF = "model_ref.json"  # written instead of a checkpoint when LM adaptation is skipped
+
+
+def local_data(task_name: str, data: str, workdir: str | Path) -> Path:
+    """A local directory with the task's files: `data` itself, a gs:// prefix downloaded, or the Hub exported."""
+    if data.startswith("gs://"):
+        from softprompt.gcs import download_prefix
+
+        return download_prefix(data, Path(workdir) / "gcs")
+    if data:
+        if not Path(data).is_dir():
+            raise SoftpromptError(f"{data}: no such data directory; pass DATA=DIR with the task's files")
+        return Path(data)
+    return export_hub_dataset(task_name, Path(workdir) / "hub")
+
+
+def export_hub_dataset(task_name: str, output: Path) -> Path:
+    """Write each split of the task's Hub dataset as the task's local file format (jsonl), for validation."""
+    from softprompt.tasks import SPLITS, get_task
+    from softprompt.tasks.loading import load_hub_rows
+
+    task = get_task(task_name)
+    with atomic_dir(output) as tmp:
+        for split in SPLITS:
+            names = [n for n in task.files.get(split, ()) if n.endswith(".jsonl")]
+            if not names:
+                continue
+            rows = load_hub_rows(task, split)
+            with (tmp / names[0]).open("w", encoding="utf-8") as f:
+                for row in rows:
+                    f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+    return output
+
+
+def validate_step(task: str, data: str, validated: str | Path, report: str | Path,
+                  workdir: str | Path) -> dict[str, Any]:
+    """Validate the task's data; on success the canonical dataset is written to `validated`, else it raises."""
+    from softprompt.validation import summary, validate
+
+    result = validate(task, local_data(task, data, workdir), report, output=validated)
+    if not result["success"]:
+        raise SoftpromptError(f"data validation failed for {task}:\n{summary(result)}")
+    return result
+
+
+def lm_adapt_step(base_model: str, steps: int, objective: str, corpus: str, output: str | Path,
+                  cache_root: str = "", profile: str | None = None) -> str:
+    """LM-adapt `base_model` for `steps` (reusing a cached checkpoint with the same key), or with steps=0
+    record that the base is used as is. Returns the model reference training should load."""
+    output = Path(output)
+    if steps <= 0:
+        output.mkdir(parents=True, exist_ok=True)
+        write_json(output / MODEL_REF, {"model": base_model, "lm_adapted": False})
+        return base_model
+    from softprompt.config import load_params
+    from softprompt.lm_adapt import LMAdaptConfig, lm_adapt
+
+    if not corpus:
+        raise SoftpromptError("LM adaptation needs a corpus; pass LM_CORPUS=PATH or set lm_adapt_steps to 0")
+    section = {**load_params(profile).get("lm_adapt", {}), "objective": objective, "steps": steps}
+    names = set(LMAdaptConfig.__dataclass_fields__)
+    cfg = LMAdaptConfig(**{k: v for k, v in section.items() if k in names})
+    lm_adapt(base_model, corpus, output=output, cfg=cfg, cache_root=cache_root or None, progress=False)
+    return str(output)
+
+
+def resolve_model(model_dir: str | Path) -> str:
+    """What an lm_adapt output points at: its own checkpoint, or (LM adaptation skipped) the base model."""
+    model_dir = Path(model_dir)
+    if (model_dir / "config.json").is_file():
+        return str(model_dir)
+    ref = model_dir / MODEL_REF
+    if ref.is_file():
+        return json.loads(ref.read_text(encoding="utf-8"))["model"]
+    raise SoftpromptError(f"{model_dir}: neither a checkpoint nor a {MODEL_REF}")
+
+
+def train_step(task: str, data_dir: str | Path, model_dir: str | Path, output: str | Path,
+               profile: str | None = None, **overrides: Any) -> dict[str, Any]:
+    """Train one prompt with the profile's settings, `overrides` (prompt_length, init, steps, ...) winning."""
+    from softprompt.config import EvalConfig, PromptConfig, TrainConfig, from_section, load_params
+    from softprompt.training import train
+
+    params = load_params(profile)
+    prompt_cfg = from_section(PromptConfig, params["prompt"], length=overrides.pop("prompt_length", None),
+                              init=overrides.pop("init", None))
+    train_cfg = from_section(TrainConfig, params["train"], **overrides)
+    eval_cfg = from_section(EvalConfig, params["eval"])
+    return train(task, resolve_model(model_dir), data_dir, output, prompt_cfg, train_cfg, eval_cfg, progress=False)
+
+
+def evaluate_step(task: str, data_dir: str | Path, prompt_dirs: list[str], output: str | Path,
+                  mode: str = "generate", split: str = "validation", batch_size: int = 32) -> dict[str, Any]:
+    """Evaluate each prompt; with several, also their ensemble (one batched pass). The best prompt by the
+    task's main metric is the candidate for registration: its metrics go to OUTPUT/metrics.json."""
+    from softprompt.evaluation import run_evaluation
+
+    if not prompt_dirs:
+        raise SoftpromptError("no prompts to evaluate")
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    results = [run_evaluation(task, output / f"prompt-{i}.json", prompt=p, data=data_dir, mode=mode, split=split,
+                              batch_size=batch_size, progress=False) for i, p in enumerate(prompt_dirs)]
+    main = results[0]["main_metric"]
+    best = max(range(len(results)), key=lambda i: results[i][main])
+    summary: dict[str, Any] = {**results[best], "best_prompt": best, "prompt_dir": str(prompt_dirs[best]),
+                               "per_prompt": [r[main] for r in results]}
+    if len(prompt_dirs) > 1:
+        from softprompt.ensemble import run_ensemble
+
+        ens = run_ensemble(task, prompt_dirs, output / "ensemble", data=data_dir, split=split, mode=mode,
+                           batch_size=batch_size, progress=False)
+        summary["ensemble"] = ens["ensemble"]
+        summary["average"] = ens["average"]
+    write_json(output / "metrics.json", summary)
+    return summary
+
+
+def register_step(task: str, prompt_dir: str | Path, metrics_file: str | Path, repo: str | None = None,
+                  run_id: str | None = None, policy: str | None = None, margin: float | None = None,
+                  remote: str | None = None) -> dict[str, Any]:
+    """Register the prompt (and promote it per the policy); returns the registration as a dict."""
+    from dataclasses import asdict
+
+    from softprompt import registry
+
+    settings = registry.Settings.load(remote=remote, margin=margin)
+    reg = registry.register(repo or None, task, prompt_dir, metrics_file, run_id=run_id, policy=policy,
+                            settings=settings)
+    return asdict(reg)
+
+
+def copy_dir(src: str | Path, dest: str | Path) -> None:
+    """Copy a directory into an output artifact path (atomically)."""
+    with atomic_dir(dest) as tmp:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
