@@ -148,9 +148,10 @@ def evaluate(
     split: Annotated[str | None, typer.Option(help="Split to evaluate: train, validation or test.")] = None,
     mode: Annotated[Mode | None, typer.Option(help="generate: exact match of the generated label (paper); "
                                                    "rank: score every label string.")] = None,
-    method: Annotated[EvalMethod, typer.Option(
+    method: Annotated[EvalMethod | None, typer.Option(
         help="prompt: base model + --prompt; model: a tuned model given as --model; "
-             "design: the frozen model with the task's text instruction (no training).")] = EvalMethod.prompt,
+             "design: the frozen model with the task's text instruction (no training). "
+             "Default: prompt when --prompt is given, else design.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Examples per forward pass.")] = None,
     limit: Annotated[int | None, typer.Option(help="Evaluate only the first N examples.")] = None,
     profile: Profile = None,
@@ -163,6 +164,10 @@ def evaluate(
 
     params = load_params(profile)
     cfg = from_section(EvalConfig, params["eval"], mode=mode and mode.value, batch_size=batch_size, split=split)
+    if method is None:
+        method = EvalMethod.prompt if prompt is not None else EvalMethod.design
+        if method == EvalMethod.design:
+            typer.echo("note: no --prompt given: evaluating prompt design (--method design)", err=True)
     if model is None and method != EvalMethod.prompt:
         model = params["model"]
     with progress_to_stderr():
