@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from softprompt.errors import SoftpromptError
-from softprompt.evaluation import Encoding, postprocess, score
+from softprompt.evaluation import Encoding, label_targets, postprocess, score, sequence_log_prob
 from softprompt.io import atomic_dir, write_json, write_jsonl
 from softprompt.models import Base
 from softprompt.tasks.base import Example, Task
@@ -108,11 +108,7 @@ def ensemble_rank(ens: PromptEnsemble, encoding: Encoding, examples: Sequence[Ex
     """Per prompt, the most likely label string for every example (rank classification)."""
     ens.eval()
     pad = encoding.tokenizer.pad_token_id
-    label_ids = [encoding.target_ids(label) for label in labels]
-    width = max(len(ids) for ids in label_ids)
-    targets = torch.full((len(labels), width), -100, dtype=torch.long)
-    for i, ids in enumerate(label_ids):
-        targets[i, :len(ids)] = torch.tensor(ids)
+    targets = label_targets(encoding, labels)
     device = next(ens.model.parameters()).device
     out: list[list[str]] = [[] for _ in range(ens.num_prompts)]
     per_batch = max(1, batch_size // len(labels))
@@ -124,8 +120,7 @@ def ensemble_rank(ens: PromptEnsemble, encoding: Encoding, examples: Sequence[Ex
         mask = enc["attention_mask"].repeat_interleave(len(labels), dim=0).to(device)
         lab = targets.repeat(len(chunk) * ens.num_prompts, 1).to(device)
         logits = ens(ids, mask, labels=lab.masked_fill(lab == -100, pad)).logits
-        logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, lab.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        scores = (logp * (lab != -100)).sum(-1).view(ens.num_prompts, len(chunk), len(labels))
+        scores = sequence_log_prob(logits, lab).view(ens.num_prompts, len(chunk), len(labels))
         for p in range(ens.num_prompts):
             out[p].extend(labels[i] for i in scores[p].argmax(-1).tolist())
     return out

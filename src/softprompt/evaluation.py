@@ -66,17 +66,28 @@ def generate_predictions(model: Any, encoding: Encoding, examples: Sequence[Exam
     return out
 
 
+def label_targets(encoding: Encoding, labels: Sequence[str]) -> torch.Tensor:
+    """L x T label token ids (target form, with EOS), padded with -100."""
+    label_ids = [encoding.target_ids(label) for label in labels]
+    targets = torch.full((len(labels), max(len(ids) for ids in label_ids)), -100, dtype=torch.long)
+    for i, ids in enumerate(label_ids):
+        targets[i, :len(ids)] = torch.tensor(ids)
+    return targets
+
+
+def sequence_log_prob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Summed log-probability of each row's label tokens (positions holding -100 do not count)."""
+    logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (logp * (labels != -100)).sum(-1)
+
+
 @torch.no_grad()
 def label_log_likelihoods(model: Any, encoding: Encoding, examples: Sequence[Example],
                           labels: Sequence[str], batch_size: int, progress: bool = False) -> torch.Tensor:
     """N x L tensor: the summed log-probability of each label string (with EOS) given each input."""
     model.eval()
     pad = encoding.tokenizer.pad_token_id
-    label_ids = [encoding.target_ids(label) for label in labels]
-    width = max(len(ids) for ids in label_ids)
-    targets = torch.full((len(labels), width), -100, dtype=torch.long)
-    for i, ids in enumerate(label_ids):
-        targets[i, :len(ids)] = torch.tensor(ids)
+    targets = label_targets(encoding, labels)
     scores = []
     per_batch = max(1, batch_size // len(labels))
     for start in tqdm(range(0, len(examples), per_batch), desc="rank", disable=not progress, leave=False):
@@ -89,10 +100,7 @@ def label_log_likelihoods(model: Any, encoding: Encoding, examples: Sequence[Exa
         device = _device(model)
         logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device),
                        labels=lab.masked_fill(lab == -100, pad).to(device)).logits
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        mask = lab.to(device) != -100
-        token_logp = logp.gather(-1, lab.clamp(min=0).to(device).unsqueeze(-1)).squeeze(-1) * mask
-        scores.append(token_logp.sum(-1).view(len(chunk), len(labels)).cpu())
+        scores.append(sequence_log_prob(logits, lab.to(device)).view(len(chunk), len(labels)).cpu())
     return torch.cat(scores) if scores else torch.zeros(0, len(labels))
 
 
