@@ -231,3 +231,38 @@ def test_settings_come_from_params_and_env(monkeypatch, tmp_path):
     assert registry.Settings.load().remote_url() == "gs://bucket/prompts"
     assert registry.Settings(remote=str(tmp_path / "x" / ".." / "r")).remote_url() == str(tmp_path / "r")
     assert [registry.parse_version(v) for v in ("3", "v3", "v3.0.0")] == [3, 3, 3]
+
+
+def test_pods_register_into_a_remote_repo_concurrently(repo, settings, prompts, tmp_path):
+    """Pipeline pods each clone the registry repo by URL, register and push; racing pushes are retried."""
+    import threading
+
+    origin = tmp_path / "origin.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(repo), str(origin)], check=True)
+    url = f"file://{origin}"
+    results: dict[str, registry.Registration] = {}
+
+    def pod(name: str, value: float) -> None:
+        results[name] = registry.register_to_origin(url, "rte", prompts[name], metrics(tmp_path, "rte", value),
+                                                    settings=settings, run_id=name)
+
+    threads = [threading.Thread(target=pod, args=(n, v)) for n, v in (("rte1", 60.0), ("rte2", 70.0))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(r.version for r in results.values()) == [1, 2]  # both landed, distinct numbers
+    tags = git(origin, "tag").split()
+    assert {"rte-prompt@v1.0.0", "rte-prompt@v2.0.0"} <= set(tags)
+    clone = tmp_path / "check"
+    subprocess.run(["git", "clone", "-q", str(origin), str(clone)], check=True)
+    rows = registry.versions(clone, "rte")
+    assert [v.number for v in rows if v.production] == [registry.production(clone, "rte").number]
+    assert registry.production(clone, "rte").value == 70.0  # whichever landed first, the gate keeps the better
+
+
+def test_git_token_goes_only_into_https_urls(monkeypatch):
+    monkeypatch.setenv("GIT_TOKEN", "s3cret")
+    assert registry.authenticated("https://github.com/o/r.git") == "https://x-access-token:s3cret@github.com/o/r.git"
+    assert registry.authenticated("file:///tmp/r.git") == "file:///tmp/r.git"
+    assert registry.is_git_url("git@github.com:o/r.git") and not registry.is_git_url("/tmp/repo")

@@ -143,8 +143,12 @@ def register_step(task: str, prompt_dir: str | Path, metrics_file: str | Path, r
     from softprompt import registry
 
     settings = registry.Settings.load(remote=remote, margin=margin)
-    reg = registry.register(repo or None, task, prompt_dir, metrics_file, run_id=run_id, policy=policy,
-                            settings=settings)
+    if registry.is_git_url(repo):  # a pod: clone the registry repo, register, push (retried on a race)
+        reg = registry.register_to_origin(repo, task, prompt_dir, metrics_file, run_id=run_id, policy=policy,
+                                          settings=settings)
+    else:
+        reg = registry.register(repo or None, task, prompt_dir, metrics_file, run_id=run_id, policy=policy,
+                                settings=settings)
     return asdict(reg)
 
 

@@ -569,3 +569,47 @@ def summary_rows(repo: str | Path | None, task: str | None = None, stage: str = 
              "run_id": v.run_id, "registered_at": v.registered_at, "md5": v.md5}
             for v in versions(root, task and check_task(task), stage)]
 
+
+
+# ------------------------------------------------------------------------------- a remote registry repo
+
+def is_git_url(repo: str | None) -> bool:
+    return bool(repo) and (repo.startswith(("https://", "http://", "ssh://", "git@", "file://")))
+
+
+def authenticated(url: str) -> str:
+    """An https URL with $GIT_TOKEN (mounted from a Kubernetes secret) as credentials; other URLs unchanged."""
+    token = os.environ.get("GIT_TOKEN")
+    if token and url.startswith("https://") and "@" not in url.split("/")[2]:
+        return url.replace("https://", f"https://x-access-token:{token}@", 1)
+    return url
+
+
+def register_to_origin(url: str, task: str, prompt_dir: str | Path, metrics_file: str | Path,
+                       attempts: int = 5, **kwargs: Any) -> Registration:
+    """Register into a registry repo given by URL (pipeline pods): clone, register, push atomically.
+
+    Pods in separate clones race only at the push: `git push --atomic` of the branch and the new tags
+    either lands whole or not at all. A rejected push is retried from a fresh clone, so version numbers
+    are assigned again on top of whatever the other pod pushed and nothing is lost.
+    """
+    import tempfile
+
+    last = ""
+    for _ in range(attempts):
+        with tempfile.TemporaryDirectory(prefix="softprompt-registry-") as tmp:
+            clone = Path(tmp) / "repo"
+            proc = subprocess.run(["git", "clone", "-q", authenticated(url), str(clone)], capture_output=True,
+                                  text=True)
+            if proc.returncode != 0:
+                raise SoftpromptError(f"cannot clone the registry repo {url}: {proc.stderr.strip()[-300:]}")
+            before = {name for name, _, _ in _tags(clone)}
+            result = register(clone, task, prompt_dir, metrics_file, **kwargs)
+            new_tags = [f"refs/tags/{name}" for name, _, _ in _tags(clone) if name not in before]
+            branch = git(clone, "rev-parse", "--abbrev-ref", "HEAD")
+            push = subprocess.run(["git", "-C", str(clone), "push", "-q", "--atomic", "origin", f"HEAD:{branch}",
+                                   *new_tags], capture_output=True, text=True)
+            if push.returncode == 0:
+                return result
+            last = push.stderr.strip()[-300:]
+    raise SoftpromptError(f"could not push the registration to {url} after {attempts} attempts: {last}")
