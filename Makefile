@@ -47,3 +47,25 @@ pipeline-upload:  ## upload the spec as a new version of the named pipeline on K
 
 pipeline-schedule:  ## weekly (CRON=) retraining of TASK on KFP_HOST, always on the latest pipeline version
 	$(BIN)/python -m pipelines.run schedule $(PIPELINE_ARGS) --cron '$(CRON)'
+
+# ---- the component image and the cluster (infra/README.md) ----
+# Name and tag come from params.yaml (cluster.image:cluster.image_tag), the setting the pipeline's
+# base_image reads, so the compiled spec and the pushed image cannot drift. VARIANT=cuda (default) is the
+# image the cluster's steps run in; VARIANT=cpu builds a smaller IMAGE:TAG-cpu (no CUDA) for CPU-only use.
+VARIANT ?= cuda
+CUDA_TORCH ?= cu128
+IMAGE = $(shell $(BIN)/python -m softprompt.cluster image)
+IMAGE_REF = $(IMAGE)$(if $(filter cpu,$(VARIANT)),-cpu)
+TORCH_VARIANT = $(if $(filter cpu,$(VARIANT)),cpu,$(CUDA_TORCH))
+
+.PHONY: image image-push infra-tfvars
+
+image:  ## build the component image params.yaml names (VARIANT=cuda|cpu; needs a Docker engine)
+	@test -n "$(IMAGE)" || { echo "cannot read cluster.image from params.yaml: run make setup first" >&2; exit 1; }
+	docker build -f infra/docker/Dockerfile --build-arg TORCH_VARIANT=$(TORCH_VARIANT) -t $(IMAGE_REF) .
+
+image-push: image  ## build and push it (once: gcloud auth configure-docker REGION-docker.pkg.dev)
+	docker push $(IMAGE_REF)
+
+infra-tfvars:  ## regenerate infra/terraform/node_pools.auto.tfvars.json from params.yaml cluster:
+	$(BIN)/python -m softprompt.cluster tfvars > infra/terraform/node_pools.auto.tfvars.json

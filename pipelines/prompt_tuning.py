@@ -53,9 +53,15 @@ def request(task: dsl.PipelineTask, cluster: dict[str, Any], kind: str) -> None:
 
 
 def mount_secret(task: dsl.PipelineTask, cluster: dict[str, Any], name: str, optional: bool) -> None:
+    """A Kubernetes secret as an env var, or (with `mount_path`) as a file whose path the env var names."""
     secret = cluster["secrets"][name]
-    kubernetes.use_secret_as_env(task, secret_name=secret["name"], secret_key_to_env={secret["key"]: secret["env"]},
-                                 optional=optional)
+    if "mount_path" in secret:
+        kubernetes.use_secret_as_volume(task, secret_name=secret["name"], mount_path=secret["mount_path"],
+                                        optional=optional)
+        task.set_env_variable(secret["env"], f"{secret['mount_path']}/{secret['key']}")
+    else:
+        kubernetes.use_secret_as_env(task, secret_name=secret["name"],
+                                     secret_key_to_env={secret["key"]: secret["env"]}, optional=optional)
 
 
 def build_pipeline(profile: str | None = None, on_cluster: bool = True):
@@ -143,6 +149,7 @@ def build_pipeline(profile: str | None = None, on_cluster: bool = True):
             for step in (base, trained):
                 mount_secret(step, cluster, "hf_token", optional=True)
             mount_secret(registered, cluster, "registry_git", optional=True)
+            mount_secret(registered, cluster, "registry_gcs", optional=False)  # the only registry-bucket writer
         return scored.outputs["Output"]
 
     return prompt_tuning

@@ -1,0 +1,157 @@
+"""The cluster the pipeline runs on, derived from params.yaml's `cluster:` section.
+
+`pipelines/prompt_tuning.py` turns `cluster.accelerators` into node selectors, tolerations and resource
+requests; this module turns the same entries into the Terraform variables of the node pools
+(`infra/terraform/node_pools.auto.tfvars.json`), so the labels and taints a step asks for are the ones
+its node pool carries. Regenerate after editing params.yaml:
+
+    python -m softprompt.cluster tfvars > infra/terraform/node_pools.auto.tfvars.json
+
+and `tests/test_infra.py` fails if the committed file differs from what params.yaml gives.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from typing import Any
+
+from softprompt.config import load_params
+from softprompt.errors import SoftpromptError
+
+# GKE sets labels under this prefix itself (from the accelerator type, the TPU machine type and topology)
+# and rejects node pools that set them by hand, so Terraform derives them instead of listing them.
+GKE_MANAGED_PREFIX = "cloud.google.com/"
+GPU_LABEL = "cloud.google.com/gke-accelerator"
+TPU_LABEL = "cloud.google.com/gke-tpu-accelerator"
+TPU_TOPOLOGY_LABEL = "cloud.google.com/gke-tpu-topology"
+RESOURCES = {"nvidia.com/gpu": "gpu", "google.com/tpu": "tpu"}
+# TPU machine type -> the accelerator and the topology GKE labels a single-host node with.
+TPU_MACHINES = {"ct5lp-hightpu-1t": ("tpu-v5-lite-podslice", "1x1"),
+                "ct5lp-hightpu-4t": ("tpu-v5-lite-podslice", "2x2"),
+                "ct5lp-hightpu-8t": ("tpu-v5-lite-podslice", "2x4")}
+# Kubernetes spells taint effects NoSchedule; the GKE API (and Terraform) NO_SCHEDULE.
+TAINT_EFFECTS = {"NoSchedule": "NO_SCHEDULE", "PreferNoSchedule": "PREFER_NO_SCHEDULE", "NoExecute": "NO_EXECUTE"}
+
+# Shapes of the machine types params.yaml may name: vCPUs, memory (GB), accelerators per node. GKE fixes
+# the accelerator count of G2/A2/A3 and TPU machines, so it follows from the machine type, not a setting.
+MACHINES: dict[str, tuple[int, float, int]] = {
+    "g2-standard-4": (4, 16, 1), "g2-standard-8": (8, 32, 1), "g2-standard-12": (12, 48, 1),
+    "g2-standard-16": (16, 64, 1), "g2-standard-24": (24, 96, 2), "g2-standard-32": (32, 128, 1),
+    "g2-standard-48": (48, 192, 4), "g2-standard-96": (96, 384, 8),
+    "a2-highgpu-1g": (12, 85, 1), "a2-highgpu-2g": (24, 170, 2), "a2-highgpu-4g": (48, 340, 4),
+    "a2-highgpu-8g": (96, 680, 8), "a2-ultragpu-1g": (12, 170, 1), "a2-ultragpu-2g": (24, 340, 2),
+    "a2-ultragpu-4g": (48, 680, 4), "a2-ultragpu-8g": (96, 1360, 8), "a3-highgpu-8g": (208, 1872, 8),
+    "ct5lp-hightpu-1t": (24, 48, 1), "ct5lp-hightpu-4t": (112, 192, 4), "ct5lp-hightpu-8t": (224, 384, 8),
+}
+
+
+def machine(machine_type: str) -> tuple[int, float, int]:
+    if machine_type not in MACHINES:
+        raise SoftpromptError(f"machine type {machine_type!r} is not in softprompt.cluster.MACHINES; add its "
+                              "vCPUs, memory and accelerator count there")
+    return MACHINES[machine_type]
+
+
+def allocatable(machine_type: str) -> tuple[float, float]:
+    """CPU (cores) and memory (GB) a pod can request on a GKE node of this type, after GKE's reservations
+    (https://cloud.google.com/kubernetes-engine/docs/concepts/plan-node-sizes)."""
+    cpus, mem, _ = machine(machine_type)
+    cpu_reserved = sum(share * max(0.0, min(cpus, hi) - lo)
+                       for lo, hi, share in ((0, 1, 0.06), (1, 2, 0.01), (2, 4, 0.005), (4, math.inf, 0.0025)))
+    mem_reserved = sum(share * max(0.0, min(mem, hi) - lo) for lo, hi, share in
+                       ((0, 4, 0.25), (4, 8, 0.20), (8, 16, 0.10), (16, 128, 0.06), (128, math.inf, 0.02)))
+    return cpus - cpu_reserved, mem - mem_reserved - 0.1  # 100 MiB eviction threshold
+
+
+def quantity(value: str | int | float) -> float:
+    """A Kubernetes CPU quantity (`"8"`, `"500m"`) in cores, or a memory quantity (`32G`, `16Gi`) in GB."""
+    text = str(value)
+    match = re.fullmatch(r"([0-9.]+)(m|k|M|G|T|Ki|Mi|Gi|Ti)?", text)
+    if not match:
+        raise SoftpromptError(f"{text!r} is not a Kubernetes quantity")
+    number, unit = float(match.group(1)), match.group(2) or ""
+    scale = {"": 1, "m": 1e-3, "k": 1e-6, "M": 1e-3, "G": 1, "T": 1e3,
+             "Ki": 1024 / 1e9, "Mi": 1024**2 / 1e9, "Gi": 1024**3 / 1e9, "Ti": 1024**4 / 1e9}[unit]
+    return number * scale
+
+
+def _taint(spec: dict[str, Any], name: str) -> dict[str, str]:
+    taint = spec["taint"]
+    if taint["effect"] not in TAINT_EFFECTS:
+        raise SoftpromptError(f"cluster.accelerators.{name}.taint.effect: one of {', '.join(TAINT_EFFECTS)}")
+    return {"key": taint["key"], "value": str(taint["value"]), "effect": TAINT_EFFECTS[taint["effect"]]}
+
+
+def _own_labels(node_selector: dict[str, str]) -> dict[str, str]:
+    return {k: str(v) for k, v in node_selector.items() if not k.startswith(GKE_MANAGED_PREFIX)}
+
+
+def artifact_registry(image: str) -> dict[str, str]:
+    """`LOCATION-docker.pkg.dev/PROJECT/REPOSITORY/IMAGE` -> its Artifact Registry repository."""
+    match = re.fullmatch(r"([a-z0-9-]+)-docker\.pkg\.dev/([a-z0-9-]+)/([a-z0-9-]+)/[a-z0-9._/-]+", image)
+    if not match:
+        raise SoftpromptError(f"cluster.image {image!r}: expected LOCATION-docker.pkg.dev/PROJECT/REPOSITORY/IMAGE")
+    return {"location": match.group(1), "project": match.group(2), "repository": match.group(3)}
+
+
+def node_pools(params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The Terraform variables of the node pools and the image repository, from params.yaml `cluster:`."""
+    cluster = (params or load_params())["cluster"]
+    gpu: dict[str, Any] = {}
+    tpu: dict[str, Any] = {}
+    for name, spec in cluster["accelerators"].items():
+        kind = RESOURCES.get(spec["resource"])
+        selector = spec["node_selector"]
+        _, _, per_node = machine(spec["machine_type"])
+        pool = {"machine_type": spec["machine_type"], "labels": _own_labels(selector), "taint": _taint(spec, name)}
+        if kind == "gpu":
+            if GPU_LABEL not in selector:
+                raise SoftpromptError(f"cluster.accelerators.{name}.node_selector: needs {GPU_LABEL}")
+            gpu[name] = {**pool, "accelerator_type": selector[GPU_LABEL], "accelerator_count": per_node}
+        elif kind == "tpu":
+            if TPU_LABEL not in selector or TPU_TOPOLOGY_LABEL not in selector:
+                raise SoftpromptError(f"cluster.accelerators.{name}.node_selector: needs {TPU_LABEL} and "
+                                      f"{TPU_TOPOLOGY_LABEL}")
+            topology = str(selector[TPU_TOPOLOGY_LABEL])
+            chips = math.prod(int(d) for d in topology.split("x"))
+            accelerator, host_topology = TPU_MACHINES.get(spec["machine_type"], (None, None))
+            if accelerator != selector[TPU_LABEL] or (chips <= per_node and topology != host_topology):
+                raise SoftpromptError(f"cluster.accelerators.{name}: machine type {spec['machine_type']} gives "
+                                      f"{accelerator} {host_topology} nodes, not {selector[TPU_LABEL]} {topology}")
+            # A slice larger than one machine spans hosts, which GKE places with a COMPACT placement policy.
+            tpu[name] = {**pool, "tpu_topology": topology, "multi_host": chips > per_node}
+        else:
+            raise SoftpromptError(f"cluster.accelerators.{name}.resource: one of {', '.join(RESOURCES)}")
+    return {
+        "artifact_registry": artifact_registry(cluster["image"]),
+        "cpu_pool": {"labels": _own_labels(cluster["cpu_pool"]["node_selector"])},
+        "gpu_pools": gpu,
+        "tpu_pools": tpu,
+    }
+
+
+def tfvars_json(params: dict[str, Any] | None = None) -> str:
+    return json.dumps(node_pools(params), indent=2, sort_keys=True) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m softprompt.cluster", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("tfvars", help="print infra/terraform/node_pools.auto.tfvars.json")
+    sub.add_parser("image", help="print the component image (cluster.image:cluster.image_tag)")
+    args = parser.parse_args(argv)
+    if args.command == "tfvars":
+        sys.stdout.write(tfvars_json())
+    else:
+        from softprompt.config import component_image
+
+        print(component_image())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
