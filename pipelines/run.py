@@ -31,12 +31,13 @@ def arguments(args: argparse.Namespace) -> dict[str, Any]:
     if args.profile:
         out["profile"] = args.profile
     if args.data is not None:
-        out["data"] = str(Path(args.data).resolve()) if args.data and "://" not in args.data else args.data
+        out["data"] = args.data
     if args.model:
-        out["model"] = str(Path(args.model).resolve()) if Path(args.model).exists() else args.model
+        out["model"] = args.model
     for pair in args.param or []:
         key, _, value = pair.partition("=")
-        out[key] = json.loads(value) if value[:1] in "[{0123456789-" or value in ("true", "false") else value
+        is_json = (value != "" and value[0] in "[{0123456789-") or value in ("true", "false")  # KEY= is ""
+        out[key] = json.loads(value) if is_json else value
     return out
 
 
@@ -88,11 +89,23 @@ def effective(profile: str | None, values: dict[str, Any]) -> dict[str, Any]:
     return {**defaults, **values}
 
 
+def with_local_paths(values: dict[str, Any]) -> dict[str, Any]:
+    """Local runs: relative DATA/MODEL paths made absolute (component subprocesses run elsewhere). A cluster
+    gets the values as given: a local path means nothing there."""
+    out = dict(values)
+    if out.get("data") and "://" not in out["data"]:
+        out["data"] = str(Path(out["data"]).resolve())
+    if out.get("model") and Path(out["model"]).exists():
+        out["model"] = str(Path(out["model"]).resolve())
+    return out
+
+
 def run_local(values: dict[str, Any], profile: str | None) -> dict[str, Any]:
     from kfp import local
 
     from pipelines.prompt_tuning import build_pipeline
 
+    values = with_local_paths(values)
     preflight(effective(profile, values))
     root = LOCAL_ROOT / values["task"]
     root.mkdir(parents=True, exist_ok=True)
@@ -100,7 +113,11 @@ def run_local(values: dict[str, Any], profile: str | None) -> dict[str, Any]:
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
     before = set(root.iterdir())
     started = time.time()
-    build_pipeline(profile, on_cluster=False)(**values)
+    try:
+        build_pipeline(profile, on_cluster=False)(**values)
+    except RuntimeError as e:  # kfp.local: a step failed; its own log (above) says why
+        raise SoftpromptError(f"the local pipeline run failed: {str(e).splitlines()[0]} (the step's log is above; "
+                              f"artifacts under {root})") from e
     run_dir = max(set(root.iterdir()) - before, key=lambda p: p.stat().st_mtime)
     return summarize_local(run_dir, values["task"], time.time() - started)
 
@@ -205,6 +222,7 @@ def upload(profile: str | None, spec: Path, version: str | None) -> tuple[str, s
         pipeline_id = pipeline.pipeline_id
         versions = kfp_client.list_pipeline_versions(pipeline_id).pipeline_versions or []
         version_id = versions[0].pipeline_version_id if versions else ""
+        version = versions[0].display_name if versions else version  # the first version is named by the server
     else:
         v = kfp_client.upload_pipeline_version(str(spec), pipeline_version_name=version, pipeline_id=pipeline_id)
         version_id = v.pipeline_version_id
@@ -214,14 +232,22 @@ def upload(profile: str | None, spec: Path, version: str | None) -> tuple[str, s
 
 def schedule(values: dict[str, Any], cron: str, profile: str | None, spec: Path) -> str:
     """A recurring run on the pipeline with no version pinned, so each run uses the latest version."""
+    cron6 = _cron6(cron)  # a bad expression stops here, before anything is uploaded
     kfp_client = client()
     pipeline_id = kfp_client.get_pipeline_id(pipeline_name())
     if pipeline_id is None:
         pipeline_id, _ = upload(profile, spec, None)
     experiment = kfp_client.create_experiment(experiment_name(values["task"]))
-    job = kfp_client.create_recurring_run(
-        experiment_id=experiment.experiment_id, job_name=f"retrain-{values['task']}", cron_expression=_cron6(cron),
-        pipeline_id=pipeline_id, params=values, max_concurrency=1, no_catchup=True, enable_caching=True)
+    # The body is built here because kfp.Client.create_recurring_run insists on a version id with a pipeline id;
+    # the v2beta1 API (KFP backend >= 2.5) takes a pipeline id alone and runs its latest version each time.
+    api = kfp_client.api_models
+    body = api.V2beta1RecurringRun(
+        experiment_id=experiment.experiment_id, display_name=f"retrain-{values['task']}",
+        pipeline_version_reference=api.V2beta1PipelineVersionReference(pipeline_id=pipeline_id),
+        runtime_config=api.V2beta1RuntimeConfig(parameters=values),
+        trigger=api.V2beta1Trigger(cron_schedule=api.V2beta1CronSchedule(cron=cron6)),
+        mode=api.RecurringRunMode.ENABLE, max_concurrency=1, no_catchup=True)
+    job = kfp_client.recurring_runs.recurring_run_service_create_recurring_run(recurring_run=body)
     print(f"scheduled {job.recurring_run_id}: {values['task']} at '{cron}' on the latest {pipeline_name()} version")
     return job.recurring_run_id
 

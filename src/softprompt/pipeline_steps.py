@@ -136,19 +136,20 @@ def evaluate_step(task: str, data_dir: str | Path, prompt_dirs: list[str], outpu
 
 def register_step(task: str, prompt_dir: str | Path, metrics_file: str | Path, repo: str | None = None,
                   run_id: str | None = None, policy: str | None = None, margin: float | None = None,
-                  remote: str | None = None) -> dict[str, Any]:
+                  remote: str | None = None, **kwargs: Any) -> dict[str, Any]:
     """Register the prompt (and promote it per the policy); returns the registration as a dict."""
     from dataclasses import asdict
 
     from softprompt import registry
 
     settings = registry.Settings.load(remote=remote, margin=margin)
+    kwargs["code"] = kwargs.get("code") or code_version()
     if registry.is_git_url(repo):  # a pod: clone the registry repo, register, push (retried on a race)
         reg = registry.register_to_origin(repo, task, prompt_dir, metrics_file, run_id=run_id, policy=policy,
-                                          settings=settings)
+                                          settings=settings, **kwargs)
     else:
         reg = registry.register(repo or None, task, prompt_dir, metrics_file, run_id=run_id, policy=policy,
-                                settings=settings)
+                                settings=settings, **kwargs)
     return asdict(reg)
 
 
@@ -156,3 +157,20 @@ def copy_dir(src: str | Path, dest: str | Path) -> None:
     """Copy a directory into an output artifact path (atomically)."""
     with atomic_dir(dest) as tmp:
         shutil.copytree(src, tmp, dirs_exist_ok=True)
+
+
+def code_version() -> str:
+    """The code that trained the prompt: the package version plus the commit of its source checkout (with
+    -dirty for uncommitted changes), or $SOFTPROMPT_IMAGE in a container built from a commit."""
+    import os
+    import subprocess
+
+    from softprompt import __version__
+
+    source = Path(__file__).resolve().parent
+    proc = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if proc.returncode == 0:
+        dirty = subprocess.run(["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no", "--",
+                                "."], capture_output=True, text=True).stdout.strip()
+        return f"softprompt {__version__} @ {proc.stdout.strip()}{'-dirty' if dirty else ''}"
+    return f"softprompt {__version__} ({os.environ.get('SOFTPROMPT_IMAGE', 'installed package')})"

@@ -1,0 +1,234 @@
+"""The smoke pipeline end to end through kfp.local (SubprocessRunner, this interpreter), as `make pipeline-run`
+runs it without a cluster: one run, two seeds (ParallelFor + Collected + the ensemble), registration into a
+temporary registry repo and DVC remote. Every assertion is on that one run's artifacts, registry and table."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from conftest import REPO, rte_rows, write_jsonl
+from kfp.local import config as kfp_local_config
+from safetensors import safe_open
+
+from pipelines import run
+from softprompt import registry
+from softprompt.config import load_params
+
+# use_venv=False on purpose: the components run in this interpreter, where softprompt is installed (as in the
+# image); kfp.local warns about the custom base image each time
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:You may be attemping:RuntimeWarning")]
+
+TABLE_KEYS = ("task", "validation", "accuracy", "per prompt", "ensemble", "registered", "promoted", "time",
+              "artifacts")
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def registry_repo(path: Path) -> Path:
+    path.mkdir(parents=True)
+    git(path, "init", "-q", "-b", "main")
+    git(path, "config", "user.name", "t")
+    git(path, "config", "user.email", "t@t")
+    (path / "README.md").write_text("registry\n")
+    git(path, "add", "README.md")
+    git(path, "commit", "-qm", "init")
+    return path
+
+
+def run_pipeline(root: Path, argv: list[str]) -> tuple[int, str, Path]:
+    """`python -m pipelines.run run ARGV` in process, its local pipeline root under `root`."""
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(run, "LOCAL_ROOT", root / "runs")
+        mp.setattr(kfp_local_config.LocalExecutionConfig, "instance", None)  # kfp.local's global state, restored
+        for name in ("KFP_HOST", "SOFTPROMPT_REGISTRY_REMOTE", "PROFILE"):
+            mp.delenv(name, raising=False)
+        with contextlib.redirect_stdout(out):
+            rc = run.main(argv)
+    (run_dir,) = (root / "runs" / "rte").iterdir()
+    return rc, out.getvalue(), run_dir
+
+
+def table(output: str) -> dict[str, str]:
+    """The summary table `run` prints last: `key  value` lines."""
+    lines = output.rstrip("\n").splitlines()[-len(TABLE_KEYS):]
+    width = max(len(k) for k in TABLE_KEYS)
+    rows = {line[:width].rstrip(): line[width + 2:] for line in lines}
+    assert list(rows) == list(TABLE_KEYS), lines
+    return rows
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline-smoke")
+    data = root / "RTE"
+    write_jsonl(data / "train.jsonl", rte_rows(40))
+    write_jsonl(data / "val.jsonl", rte_rows(32, start=100))
+    reg = registry_repo(root / "registry")
+    remote = root / "dvc-remote"
+    tags_before = git(REPO, "tag", "--list")
+    rc, out, run_dir = run_pipeline(root, [
+        "run", "--task", "rte", "--profile", "smoke", "--data", str(data), "--param", "seeds=[1,2]",
+        "--param", f"registry_repo={reg}", "--param", f"registry_remote={remote}"])
+    assert git(REPO, "tag", "--list") == tags_before  # nothing registered into the project's own repo
+    return SimpleNamespace(rc=rc, out=out, run_dir=run_dir, registry=reg, remote=remote)
+
+
+def outputs(run_dir: Path, step: str) -> dict:
+    return json.loads((run_dir / step / "executor_output.json").read_text())
+
+
+def artifact_meta(run_dir: Path, step: str, name: str) -> dict:
+    (art,) = outputs(run_dir, step)["artifacts"][name]["artifacts"]
+    return art["metadata"]
+
+
+def test_run_succeeds(smoke):
+    assert smoke.rc == 0, smoke.out[-3000:]
+    assert {p.name for p in smoke.run_dir.iterdir()} == {
+        "validate-data", "lm-adapt", "for-loop-1-iteration-0", "for-loop-1-iteration-1", "evaluate-prompts",
+        "register-prompt"}
+
+
+def test_validation_report_and_validated_dataset(smoke):
+    step = smoke.run_dir / "validate-data"
+    validated = step / "validated"
+    assert len((validated / "train.jsonl").read_text().splitlines()) == 40
+    assert len((validated / "val.jsonl").read_text().splitlines()) == 32
+    report = json.loads((step / "validated.report" / "validation.json").read_text())
+    assert report["success"] is True
+    assert report["statistics"]["unsuccessful_expectations"] == 0
+    assert (step / "report").read_text().lstrip().startswith("<!DOCTYPE html>")  # the Data Docs page for the UI
+    assert outputs(smoke.run_dir, "validate-data")["parameterValues"]["Output"] is True
+    checks = artifact_meta(smoke.run_dir, "validate-data", "checks")
+    assert checks == {"evaluated_expectations": report["statistics"]["evaluated_expectations"],
+                      "unsuccessful_expectations": 0, "train_rows": 40, "validation_rows": 32}
+
+
+def test_lm_adaptation_skipped_passes_the_base_through(smoke):
+    assert json.loads((smoke.run_dir / "lm-adapt" / "model" / "model_ref.json").read_text()) == {
+        "model": "tiny", "lm_adapted": False}
+    assert outputs(smoke.run_dir, "lm-adapt")["parameterValues"]["Output"] == "tiny"
+
+
+def test_one_peft_prompt_per_seed(smoke):
+    smoke_params = load_params("smoke")
+    validated = str(smoke.run_dir / "validate-data" / "validated")
+    seeds = []
+    for i in (0, 1):
+        prompt = smoke.run_dir / f"for-loop-1-iteration-{i}" / "train-prompt" / "prompt"
+        adapter = json.loads((prompt / "adapter_config.json").read_text())
+        assert adapter["peft_type"] == "PROMPT_TUNING"
+        assert adapter["num_virtual_tokens"] == smoke_params["prompt"]["length"] == 20
+        with safe_open(str(prompt / "adapter_model.safetensors"), "pt") as f:
+            (key,) = f.keys()
+            assert f.get_tensor(key).shape[0] == 20
+        meta = json.loads((prompt / "softprompt.json").read_text())
+        assert (meta["task"], meta["base_model"], meta["prompt_length"]) == ("rte", "tiny", 20)
+        assert meta["steps_trained"] == smoke_params["train"]["steps"]
+        assert meta["data"]["source"] == validated  # trained on the validated artifact, not the raw input
+        seeds.append(meta["train"]["seed"])
+        step_meta = artifact_meta(smoke.run_dir / f"for-loop-1-iteration-{i}", "train-prompt", "prompt")
+        assert step_meta["seed"] == meta["train"]["seed"]
+    assert sorted(seeds) == [1, 2]
+
+
+def test_evaluation_metrics_confusion_and_ensemble(smoke):
+    evaluation = smoke.run_dir / "evaluate-prompts" / "evaluation"
+    metrics = json.loads((evaluation / "metrics.json").read_text())
+    assert metrics["main_metric"] == "accuracy" and 0.0 <= metrics["accuracy"] <= 1.0
+    assert metrics["num_examples"] == 32 and metrics["split"] == "validation"
+    cm = metrics["confusion_matrix"]
+    assert cm["labels"][:2] == ["entailment", "not_entailment"]
+    assert sum(map(sum, cm["matrix"])) == 32
+    assert sum(cm["matrix"][i][i] for i in range(len(cm["labels"]))) == round(metrics["accuracy"] * 32)
+    assert len(metrics["per_prompt"]) == 2 and metrics["accuracy"] == max(metrics["per_prompt"])
+    assert 0.0 <= metrics["ensemble"]["accuracy"] <= 1.0
+    for name in ("prompt-0.json", "prompt-1.json", "ensemble/ensemble.json"):
+        assert (evaluation / name).is_file(), name
+
+    step = outputs(smoke.run_dir, "evaluate-prompts")
+    assert step["parameterValues"]["Output"] == metrics["accuracy"]
+    logged = artifact_meta(smoke.run_dir, "evaluate-prompts", "metrics")
+    assert logged["accuracy"] == metrics["accuracy"]
+    assert [logged["prompt_0_accuracy"], logged["prompt_1_accuracy"]] == metrics["per_prompt"]
+    assert logged["ensemble_accuracy"] == metrics["ensemble"]["accuracy"]
+    ui_cm = artifact_meta(smoke.run_dir, "evaluate-prompts", "confusion")["confusionMatrix"]
+    assert [a["displayName"] for a in ui_cm["annotationSpecs"]] == cm["labels"]
+    assert [r["row"] for r in ui_cm["rows"]] == cm["matrix"]
+
+    # the best prompt artifact is a copy of the winning seed's prompt
+    best = smoke.run_dir / "evaluate-prompts" / "best_prompt"
+    winner = smoke.run_dir / f"for-loop-1-iteration-{metrics['best_prompt']}" / "train-prompt" / "prompt"
+    for name in ("adapter_model.safetensors", "adapter_config.json", "softprompt.json"):
+        assert (best / name).read_bytes() == (winner / name).read_bytes(), name
+
+
+def test_registered_and_promoted_in_the_registry_repo(smoke):
+    tags = set(git(smoke.registry, "tag", "--list").splitlines())
+    assert tags == {"rte-prompt@v1.0.0", "rte-prompt#prod#1"}
+    assert outputs(smoke.run_dir, "register-prompt")["parameterValues"]["Output"] == "rte-prompt@v1.0.0"
+    (version,) = registry.versions(smoke.registry, "rte")
+    assert registry.production(smoke.registry, "rte").number == version.number == 1
+    metrics = json.loads((smoke.run_dir / "evaluate-prompts" / "evaluation" / "metrics.json").read_text())
+    dvc_meta = registry.read_dvc_file((smoke.registry / "registry" / "rte" / "v1.dvc").read_text(), "v1.dvc")["meta"]
+    assert dvc_meta["value"] == metrics["accuracy"] and dvc_meta["main_metric"] == "accuracy"
+    assert dvc_meta["run_id"] and "{{" not in dvc_meta["run_id"]  # the run's id, not the placeholder
+    assert any(p.is_file() for p in smoke.remote.rglob("*"))  # the prompt's files were pushed to the DVC remote
+    summary = (smoke.run_dir / "register-prompt" / "summary").read_text()
+    assert summary.startswith("# rte: rte-prompt@v1.0.0") and "| promoted | True |" in summary
+
+
+def test_summary_table(smoke):
+    rows = table(smoke.out)
+    metrics = json.loads((smoke.run_dir / "evaluate-prompts" / "evaluation" / "metrics.json").read_text())
+    report = json.loads((smoke.run_dir / "validate-data" / "validated.report" / "validation.json").read_text())
+    assert rows["task"] == "rte"
+    assert rows["validation"] == f"passed ({report['statistics']['evaluated_expectations']} expectations)"
+    assert rows["accuracy"] == f"{metrics['accuracy']:.2f}"
+    assert rows["per prompt"] == ", ".join(f"{v:.2f}" for v in metrics["per_prompt"])
+    assert rows["ensemble"] == f"{metrics['ensemble']['accuracy']:.2f}"
+    assert rows["registered"] == "rte-prompt@v1.0.0"
+    assert rows["promoted"] == "True"
+    assert rows["artifacts"] == str(smoke.run_dir)
+    assert 0 < float(rows["time"].removesuffix(" s")) < 600
+
+
+def test_below_threshold_skips_registration(tmp_path):
+    """dsl.If's false branch: a score under register_threshold leaves the registry untouched."""
+    data = tmp_path / "RTE"
+    write_jsonl(data / "train.jsonl", rte_rows(32))
+    write_jsonl(data / "val.jsonl", rte_rows(32, start=100))
+    reg = registry_repo(tmp_path / "registry")
+    head = git(reg, "rev-parse", "HEAD")
+    rc, out, run_dir = run_pipeline(tmp_path, [
+        "run", "--task", "rte", "--profile", "smoke", "--data", str(data), "--param", "steps=2",
+        "--param", "register_threshold=1.5", "--param", f"registry_repo={reg}",
+        "--param", f"registry_remote={tmp_path / 'remote'}"])
+    assert rc == 0, out[-3000:]
+    assert (run_dir / "evaluate-prompts" / "evaluation" / "metrics.json").is_file()
+    assert not (run_dir / "register-prompt").exists()
+    assert git(reg, "tag", "--list") == "" and git(reg, "rev-parse", "HEAD") == head
+    assert "registered  (not registered: below register_threshold)" in out
+
+
+def test_preflight_names_what_to_pass_without_the_hub(tmp_path):
+    """No DATA and an uncached Hub model, offline: exit 2 at once, saying DATA= and MODEL=."""
+    env = {k: v for k, v in os.environ.items() if k not in ("KFP_HOST", "PROFILE", "HF_HUB_CACHE")}
+    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf-home"))  # an empty Hub cache
+    proc = subprocess.run([sys.executable, "-m", "pipelines.run", "run", "--task", "rte", "--profile", "paper"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "DATA=" in proc.stderr and "MODEL=" in proc.stderr
+    assert "google/t5-base-lm-adapt" in proc.stderr and "Traceback" not in proc.stderr
+    assert "Pipeline" not in proc.stdout  # kfp.local never started
