@@ -12,6 +12,7 @@ machine with kfp.local (SubprocessRunner, a local pipeline root) and prints a su
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -116,7 +117,8 @@ def run_local(values: dict[str, Any], profile: str | None) -> dict[str, Any]:
     try:
         build_pipeline(profile, on_cluster=False)(**values)
     except RuntimeError as e:  # kfp.local: a step failed; its own log (above) says why
-        raise SoftpromptError(f"the local pipeline run failed: {str(e).splitlines()[0]} (the step's log is above; "
+        reason = re.sub(r"\x1b\[[0-9;]*m", "", str(e).splitlines()[0])  # kfp.local colours its messages
+        raise SoftpromptError(f"the local pipeline run failed: {reason} (the step's log is above; "
                               f"artifacts under {root})") from e
     run_dir = max(set(root.iterdir()) - before, key=lambda p: p.stat().st_mtime)
     return summarize_local(run_dir, values["task"], time.time() - started)
