@@ -14,7 +14,8 @@ def evaluate_prompts(task: str, data: Input[Dataset], prompts: Input[list[Model]
     """Evaluate the prompts on `split`; returns the best prompt's main metric (the promotion gate's input)."""
     import os
 
-    from softprompt.pipeline_steps import copy_dir, evaluate_step
+    from softprompt.io import copy_dir
+    from softprompt.pipeline_steps import evaluate_step
 
     result = evaluate_step(task, data.path, [p.path for p in prompts], evaluation.path, mode=mode, split=split)
     main = result["main_metric"]

@@ -118,16 +118,15 @@ def train(
     keep_checkpoints: Annotated[bool, typer.Option(help="Keep the checkpoints after success.")] = False,
 ) -> None:
     """Train a soft prompt on a task (or, with --method model, tune the whole model)."""
-    from softprompt.config import EvalConfig, PromptConfig, TrainConfig, from_section, load_params
+    from softprompt.config import load_params, training_configs
     from softprompt.training import train as run_train
 
     params = load_params(profile_for(profile, model))
-    prompt_cfg = from_section(PromptConfig, params["prompt"], length=prompt_length, init=init and init.value)
-    train_cfg = from_section(TrainConfig, params["train"], method=method and method.value, steps=steps,
-                             batch_size=batch_size, lr=lr, seed=seed, eval_every=eval_every,
-                             early_stopping_patience=early_stopping_patience, grad_accumulation=grad_accumulation,
-                             taskless=taskless, target_sentinel=target_sentinel)
-    eval_cfg = from_section(EvalConfig, params["eval"])
+    prompt_cfg, train_cfg, eval_cfg = training_configs(
+        params, prompt_length=prompt_length, init=init and init.value, method=method and method.value, steps=steps,
+        batch_size=batch_size, lr=lr, seed=seed, eval_every=eval_every,
+        early_stopping_patience=early_stopping_patience, grad_accumulation=grad_accumulation, taskless=taskless,
+        target_sentinel=target_sentinel)
     with progress_to_stderr():
         meta = run_train(task, model or params["model"], data, output, prompt_cfg, train_cfg, eval_cfg,
                          checkpoint_dir=checkpoint_dir, resume=resume, keep_checkpoints=keep_checkpoints)

@@ -159,6 +159,14 @@ def from_section(cls: type, params: dict[str, Any], **overrides: Any) -> Any:
     return cls(**values)
 
 
+def training_configs(params: dict[str, Any], prompt_length: int | None = None, init: str | None = None,
+                     **train_overrides: Any) -> tuple[PromptConfig, TrainConfig, EvalConfig]:
+    """The three configs `softprompt.training.train` takes, from params with non-None overrides applied."""
+    return (from_section(PromptConfig, params["prompt"], length=prompt_length, init=init),
+            from_section(TrainConfig, params["train"], **train_overrides),
+            from_section(EvalConfig, params["eval"]))
+
+
 def component_image(params: dict[str, Any] | None = None) -> str:
     """The container image every pipeline component runs in: `cluster.image:cluster.image_tag` from
     params.yaml (the same setting `make image` builds and pushes), or $SOFTPROMPT_IMAGE."""

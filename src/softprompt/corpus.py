@@ -8,7 +8,6 @@ segments (T5's `reduce_concat_tokens` + `split_tokens`), so C4 streams through i
 from __future__ import annotations
 
 import gzip
-import hashlib
 import itertools
 import json
 import os
@@ -21,6 +20,7 @@ import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from softprompt.errors import SoftpromptError
+from softprompt.io import file_md5
 
 TEXT_SUFFIXES = (".txt", ".txt.gz")
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
@@ -143,12 +143,8 @@ def stream_hf(name: str, config: str | None, split: str, text_field: str) -> Ite
 
 
 def md5(path: Path) -> str:
-    """md5 of a file's bytes (DVC's file hash), read in chunks."""
-    digest = hashlib.md5()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return "md5:" + digest.hexdigest()
+    """md5 of a file's bytes (DVC's file hash), prefixed `md5:`."""
+    return "md5:" + file_md5(path)
 
 
 def batched(items: Iterable[str], size: int) -> Iterator[list[str]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -72,3 +73,19 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def file_md5(path: str | Path) -> str:
+    """Hex md5 of a file's bytes, read in chunks: DVC's hash of a file, so it can be compared with dvc.lock."""
+    digest = hashlib.md5()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def copy_dir(src: str | Path, dest: str | Path) -> Path:
+    """Copy directory `src` to `dest` atomically (replacing `dest`)."""
+    with atomic_dir(dest) as tmp:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
+    return Path(dest)

@@ -36,7 +36,7 @@ from softprompt import __version__
 from softprompt.config import TrainConfig, load_params
 from softprompt.corpus import Corpus, open_corpus, segments
 from softprompt.errors import SoftpromptError
-from softprompt.io import atomic_dir, write_json
+from softprompt.io import atomic_dir, copy_dir, write_json
 from softprompt.models import Base, load_base, sentinel_id
 from softprompt.training import adafactor, training_arguments
 
@@ -388,7 +388,7 @@ def lm_adapt(
     if trainer.is_world_process_zero():  # one writer under multi-GPU
         _save(trainer.model, base.tokenizer, meta, store)
         if store != target:
-            _copy(store, target)
+            copy_dir(store, target)
     if not keep_checkpoints:
         shutil.rmtree(ckpt, ignore_errors=True)
         if checkpoint_dir is None:
@@ -400,13 +400,8 @@ def lm_adapt(
 def _reuse(hit: Path, target: Path) -> dict[str, Any]:
     log.info("reusing the LM-adapted checkpoint %s (same key)", hit)
     if hit != target:
-        _copy(hit, target)
+        copy_dir(hit, target)
     return {**(read_metrics(hit) or {}), "output": str(target), "reused": True}
-
-
-def _copy(src: Path, target: Path) -> None:
-    with atomic_dir(target) as tmp:
-        shutil.copytree(src, tmp, dirs_exist_ok=True)
 
 
 def _train(base: Base, corpus: Corpus, val_corpus: Corpus | None, cfg: LMAdaptConfig, ckpt: Path, resume: bool,

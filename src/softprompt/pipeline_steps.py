@@ -9,7 +9,6 @@ does the work, so no step's logic exists twice.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -96,14 +95,10 @@ def resolve_model(model_dir: str | Path) -> str:
 def train_step(task: str, data_dir: str | Path, model_dir: str | Path, output: str | Path,
                profile: str | None = None, **overrides: Any) -> dict[str, Any]:
     """Train one prompt with the profile's settings, `overrides` (prompt_length, init, steps, ...) winning."""
-    from softprompt.config import EvalConfig, PromptConfig, TrainConfig, from_section, load_params
+    from softprompt.config import load_params, training_configs
     from softprompt.training import train
 
-    params = load_params(profile)
-    prompt_cfg = from_section(PromptConfig, params["prompt"], length=overrides.pop("prompt_length", None),
-                              init=overrides.pop("init", None))
-    train_cfg = from_section(TrainConfig, params["train"], **overrides)
-    eval_cfg = from_section(EvalConfig, params["eval"])
+    prompt_cfg, train_cfg, eval_cfg = training_configs(load_params(profile), **overrides)
     return train(task, resolve_model(model_dir), data_dir, output, prompt_cfg, train_cfg, eval_cfg, progress=False)
 
 
@@ -151,12 +146,6 @@ def register_step(task: str, prompt_dir: str | Path, metrics_file: str | Path, r
         reg = registry.register(repo or None, task, prompt_dir, metrics_file, run_id=run_id, policy=policy,
                                 settings=settings, **kwargs)
     return asdict(reg)
-
-
-def copy_dir(src: str | Path, dest: str | Path) -> None:
-    """Copy a directory into an output artifact path (atomically)."""
-    with atomic_dir(dest) as tmp:
-        shutil.copytree(src, tmp, dirs_exist_ok=True)
 
 
 def code_version() -> str:

@@ -32,7 +32,7 @@ from typing import Any
 import yaml
 
 from softprompt.errors import SoftpromptError
-from softprompt.io import atomic_dir, write_json
+from softprompt.io import atomic_dir, file_md5, write_json
 
 REGISTRY_DIR = "registry"
 REMOTE_NAME = "registry"
@@ -211,17 +211,9 @@ def ensure_dvc(repo: Path, settings: Settings) -> list[str]:
 
 def dir_md5(path: Path) -> str:
     """DVC's hash of a directory: md5 of the sorted JSON listing of (relpath, file md5), plus `.dir`."""
-    entries = sorted(({"md5": _file_md5(p), "relpath": p.relative_to(path).as_posix()}
+    entries = sorted(({"md5": file_md5(p), "relpath": p.relative_to(path).as_posix()}
                       for p in path.rglob("*") if p.is_file()), key=lambda e: e["relpath"])
     return hashlib.md5(json.dumps(entries, sort_keys=True).encode()).hexdigest() + ".dir"
-
-
-def _file_md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_dvc_file(text: str, where: str) -> dict[str, Any]:

@@ -8,7 +8,6 @@ prompt atomically with its lineage.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import shutil
@@ -26,7 +25,7 @@ from softprompt import __version__
 from softprompt.config import EvalConfig, PromptConfig, TrainConfig
 from softprompt.errors import SoftpromptError
 from softprompt.evaluation import Encoding, evaluate_examples
-from softprompt.io import atomic_dir, write_json
+from softprompt.io import atomic_dir, file_md5, write_json
 from softprompt.models import Base, load_base, trainable_parameters
 from softprompt.prompt import META_FILE, attach_prompt, save_prompt
 from softprompt.tasks import Example, Task, get_task, load_examples
@@ -83,7 +82,7 @@ def data_version(task: Task, data_dir: str | Path | None) -> dict[str, Any]:
             path = find_split_file(task, data_dir, split)
         except SoftpromptError:
             continue
-        files[path.name] = "md5:" + hashlib.md5(path.read_bytes()).hexdigest()
+        files[path.name] = "md5:" + file_md5(path)
     return {"source": str(data_dir), "files": files}
 
 

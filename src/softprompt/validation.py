@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from softprompt.config import load_params
 from softprompt.errors import SoftpromptError
-from softprompt.io import atomic_dir, write_json
+from softprompt.io import atomic_dir, file_md5, write_json
 from softprompt.tasks.base import SPLITS, Task, get_task
 from softprompt.tasks.loading import find_split_file, load_rows
 
@@ -544,7 +544,7 @@ def write_validated(task: Task, data_dir: Path, data: list[SplitData], output: P
             assert d.path is not None
             shutil.copy2(d.path, tmp / d.path.name)
             files[d.split] = {"file": d.path.name, "rows": len(d.rows),
-                              "md5": hashlib.md5(d.path.read_bytes()).hexdigest()}
+                              "md5": file_md5(d.path)}
         write_json(tmp / MANIFEST, {"task": task.name, "source": str(data_dir), "splits": files,
                                     "report": str(report_dir / RESULT_FILE)})
 
