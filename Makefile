@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup test lint bench help
+.PHONY: setup test lint bench help replicate
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -25,6 +25,10 @@ lint:  ## ruff
 
 bench:  ## run the benchmarks; results under benchmarks/results/
 	$(BIN)/python benchmarks/train_step.py
+
+replicate:  ## build the CPU base once (DVC-cached), then the paper's comparisons on AG News (README "Replication"; needs ../shared)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro base-lm
+	$(BIN)/python benchmarks/replicate.py
 
 # ---- the Kubeflow pipeline (README: "Run the pipeline") ----
 TASK ?= rte

@@ -403,9 +403,26 @@ def lm_adapt(
         help="Where checkpoints go (default OUTPUT.checkpoints/KEY).")] = None,
     resume: Annotated[bool, typer.Option(help="Resume from the last checkpoint if one exists.")] = True,
     keep_checkpoints: Annotated[bool, typer.Option(help="Keep the checkpoints after success.")] = False,
+    from_scratch: Annotated[str | None, typer.Option(
+        help="Pretrain a NEW model of this named T5 1.1 config (params.yaml models:, e.g. mini) instead of "
+             "continuing --model; needs --tokenizer or --vocab-size.")] = None,
+    tokenizer: Annotated[str | None, typer.Option(
+        help="With --from-scratch: a SentencePiece file (spiece.model), tokenizer directory or Hub id.")] = None,
+    vocab_size: Annotated[int | None, typer.Option(
+        help="With --from-scratch: train a SentencePiece vocabulary of N pieces on the corpus "
+             "(params.yaml pretrain.vocab_size is the suggested size).")] = None,
+    mix: Annotated[list[str] | None, typer.Option(
+        help="TASK=DIR: mix the task's train split into the corpus as labelled examples (T5's multi-task "
+             "mixture); repeat for several tasks. Only the train split is read.")] = None,
+    mix_rate: Annotated[float | None, typer.Option(
+        help="Share of labelled examples in the mixture (default: params.yaml pretrain.mixture_rate).")] = None,
+    mix_prefix: Annotated[str | None, typer.Option(
+        help="Text before each labelled example, in place of its task-name prefix "
+             "(default: params.yaml pretrain.mixture_prefix).")] = None,
 ) -> None:
-    """Continue a model's pretraining (LM adaptation with prefix-LM, or span corruption); writes a checkpoint
-    that `train --model DIR` takes, plus lm_adapt_metrics.json (loss curve, validation loss, tokens/s)."""
+    """Continue a model's pretraining (LM adaptation with prefix-LM, or span corruption), or pretrain a new one
+    (--from-scratch); writes a checkpoint that `train --model DIR` takes, plus lm_adapt_metrics.json (loss
+    curve, validation loss, tokens/s)."""
     from softprompt.config import from_section, load_params
     from softprompt.lm_adapt import LMAdaptConfig
     from softprompt.lm_adapt import lm_adapt as run_lm_adapt
@@ -416,16 +433,52 @@ def lm_adapt(
                        max_source_length=max_source_length, max_target_length=max_target_length,
                        noise_density=noise_density, mean_noise_span_length=mean_noise_span_length,
                        eval_every=eval_every, eval_examples=eval_examples, text_field=text_field, seed=seed)
+    from softprompt.pretrain import TaskMixture, parse_mix
+    from softprompt.pretrain import from_scratch as run_from_scratch
+
+    pretrain = load_params()["pretrain"]
+    mixture = TaskMixture(parse_mix(mix), mix_rate if mix_rate is not None else pretrain["mixture_rate"],
+                          mix_prefix if mix_prefix is not None else pretrain["mixture_prefix"]) if mix else None
+    options = dict(cache_root=cache_root, validation_corpus=validation_corpus, checkpoint_dir=checkpoint_dir,
+                   resume=resume, keep_checkpoints=keep_checkpoints, force=force, mixture=mixture)
     with progress_to_stderr():
-        meta = run_lm_adapt(model or section["model"], corpus or section["corpus"], output, cfg,
-                            cache_root=cache_root, validation_corpus=validation_corpus,
-                            checkpoint_dir=checkpoint_dir, resume=resume, keep_checkpoints=keep_checkpoints,
-                            force=force)
+        if from_scratch is not None:
+            if output is None:
+                raise SoftpromptError("--from-scratch needs --output DIR")
+            meta = run_from_scratch(from_scratch, corpus or section["corpus"], output, cfg, tokenizer=tokenizer,
+                                    vocab_size=vocab_size, **options)
+        else:
+            if tokenizer is not None or vocab_size is not None:
+                raise SoftpromptError("--tokenizer and --vocab-size only apply with --from-scratch NAME")
+            meta = run_lm_adapt(model or section["model"], corpus or section["corpus"], output, cfg, **options)
     keys = ("key", "output", "reused", "base_model", "objective", "steps_trained", "validation_loss_before",
             "validation_loss_after", "tokens_per_second")
     typer.echo(json.dumps({k: meta.get(k) for k in keys}, indent=2))
     typer.echo(f"{'reused' if meta['reused'] else 'wrote'} {meta['output']}")
 
+
+@app.command()
+def split(
+    task: Task,
+    source: Annotated[Path, typer.Option(help="One labelled file in the task's official format, e.g. "
+                                             "../shared/data/text/ag_news_test.csv.")],
+    output: Annotated[Path, typer.Option(help="Directory to write train + validation files to (replaced "
+                                              "atomically).")],
+    validation_rows: Annotated[int | None, typer.Option(
+        help="Rows for validation; the rest are train (default: params.yaml split.validation_rows).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the permutation (default: params.yaml split.seed).")] = None,
+) -> None:
+    """Cut one labelled file into train and validation splits by a fixed seed (tasks with no dev set: ag_news)."""
+    from softprompt.config import load_params
+    from softprompt.tasks import get_task
+    from softprompt.tasks.news import AG_NEWS, split_file
+
+    if get_task(task) is not AG_NEWS:
+        raise SoftpromptError(f"split: only ag_news is shipped as one file to split; {task} has its own splits")
+    defaults = load_params()["split"]
+    counts = split_file(source, output, validation_rows if validation_rows is not None else defaults["validation_rows"],
+                        seed if seed is not None else defaults["seed"])
+    typer.echo(f"wrote {output}: " + ", ".join(f"{k} {v} rows" for k, v in counts.items()))
 
 @app.command()
 def ensemble(

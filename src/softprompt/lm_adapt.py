@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -41,6 +41,15 @@ from softprompt.models import Base, load_base, sentinel_id
 from softprompt.training import adafactor, training_arguments
 
 log = logging.getLogger(__name__)
+
+
+class Mixture(Protocol):
+    """Labelled examples to interleave with the objective's (softprompt.pretrain.TaskMixture)."""
+
+    def identity(self) -> dict[str, Any]: ...
+
+    def dataset(self, base: Any, tokenizer: PreTrainedTokenizerBase, cfg: LMAdaptConfig) -> Any: ...
+
 
 OBJECTIVES = ("prefix-lm", "span-corruption")
 METRICS_FILE = "lm_adapt_metrics.json"
@@ -359,8 +368,11 @@ def lm_adapt(
     keep_checkpoints: bool = False,
     force: bool = False,
     progress: bool = True,
+    mixture: Mixture | None = None,
 ) -> dict[str, Any]:
     """Continue pretraining `model_spec` on `corpus_spec`; write the checkpoint to `output` (or the cache).
+
+    With `mixture`, labelled task examples are interleaved with the objective's (T5's multi-task mixture).
 
     With `cache_root`, the checkpoint lives at `cache_root/<key>`; an existing one with the same key (same
     base weights, objective, steps, corpus and recipe) is reused, as is a finished `output` with that key,
@@ -373,7 +385,8 @@ def lm_adapt(
     val_corpus = open_corpus(validation_corpus, cfg.text_field, split="validation") if validation_corpus else None
     base = load_base(model_spec)
     key = lm_adapt_key(base.fingerprint, cfg.objective, cfg.steps, corpus=corpus.identity(),
-                       validation=val_corpus.identity() if val_corpus else None, **cfg.recipe())
+                       validation=val_corpus.identity() if val_corpus else None,
+                       **({"mixture": mixture.identity()} if mixture else {}), **cfg.recipe())
     cached_dir = Path(cache_root) / key if cache_root is not None else None
     target = Path(output) if output is not None else cached_dir
     assert target is not None
@@ -382,9 +395,9 @@ def lm_adapt(
 
     store = cached_dir or target
     ckpt = Path(checkpoint_dir) if checkpoint_dir else store.with_name(store.name + ".checkpoints") / key
-    trainer, meta = _train(base, corpus, val_corpus, cfg, ckpt, resume, progress)
+    trainer, meta = _train(base, corpus, val_corpus, cfg, ckpt, resume, progress, mixture)
     meta = {"key": key, **meta, "corpus": {"spec": corpus_spec, **corpus.identity()},
-            "validation_corpus": validation_corpus}
+            "validation_corpus": validation_corpus, "mixture": mixture.identity() if mixture else None}
     if trainer.is_world_process_zero():  # one writer under multi-GPU
         _save(trainer.model, base.tokenizer, meta, store)
         if store != target:
@@ -405,7 +418,7 @@ def _reuse(hit: Path, target: Path) -> dict[str, Any]:
 
 
 def _train(base: Base, corpus: Corpus, val_corpus: Corpus | None, cfg: LMAdaptConfig, ckpt: Path, resume: bool,
-           progress: bool) -> tuple[TokenCountingTrainer, dict[str, Any]]:
+           progress: bool, mixture: Mixture | None = None) -> tuple[TokenCountingTrainer, dict[str, Any]]:
     tokenizer, model = base.tokenizer, base.model
     objective = make_objective(cfg, tokenizer)
     val_rows = validation_rows(val_corpus or corpus, tokenizer, objective, cfg.seed, cfg.eval_examples)
@@ -416,6 +429,8 @@ def _train(base: Base, corpus: Corpus, val_corpus: Corpus | None, cfg: LMAdaptCo
     if next(iter(train_set), None) is None:
         raise SoftpromptError(f"{corpus.spec}: no training examples left after holding out {len(val_rows)} "
                               "for validation; add text, lower --eval-examples or pass --validation-corpus")
+    if mixture is not None:
+        train_set = mixture.dataset(train_set, tokenizer, cfg)
     for p in model.parameters():
         p.requires_grad_(True)
     train_cfg = cfg.train_config()

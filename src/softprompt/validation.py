@@ -14,6 +14,7 @@ functions: it takes seconds to import and the other commands must not pay for it
 
 from __future__ import annotations
 
+import csv
 import gzip
 import hashlib
 import json
@@ -160,6 +161,26 @@ def _scan_tsv(path: Path, problems: list[dict[str, Any]]) -> list[tuple[int, dic
     return rows
 
 
+def _scan_csv(path: Path, problems: list[dict[str, Any]], columns: tuple[str, ...]) -> list[tuple[int, dict[str, Any]]]:
+    """(line, row) of a header-less quoted .csv with `columns` (as `read_csv` reads it)."""
+    rows = []
+    for lineno, raw in _raw_lines(path, problems):
+        text = _decode(path, lineno, raw, problems)
+        if text is None:
+            continue
+        try:
+            values = next(csv.reader([text.rstrip("\r\n")]))
+        except csv.Error as e:
+            problems.append(_problem(lineno, f"{path}:{lineno}: malformed CSV ({e}); fix the quoting"))
+            continue
+        if len(values) != len(columns):
+            problems.append(_problem(lineno, f"{path}:{lineno}: {len(values)} columns, expected {len(columns)} "
+                                             f"({', '.join(columns)})"))
+            continue
+        rows.append((lineno, dict(zip(columns, values))))
+    return rows
+
+
 def _normalize(task: Task, path: Path, scanned: list[tuple[int, dict[str, Any]]],
                problems: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Apply the task's row normaliser (local layout -> `task.fields` schema) row by row, keeping line numbers."""
@@ -186,8 +207,11 @@ def read_split(task: Task, data_dir: Path, split: str, required: bool) -> SplitD
     except SoftpromptError as e:
         return SplitData(split, None, problems=[_problem(None, str(e))]) if required else None
     data = SplitData(split, path)
-    scan = _scan_tsv if path.suffix == ".tsv" else _scan_jsonl
-    data.rows = _normalize(task, path, scan(path, data.problems), data.problems)
+    if path.suffix == ".csv":
+        scanned = _scan_csv(path, data.problems, task.csv_columns)
+    else:
+        scanned = (_scan_tsv if path.suffix == ".tsv" else _scan_jsonl)(path, data.problems)
+    data.rows = _normalize(task, path, scanned, data.problems)
     if not data.problems:
         # The training loader must accept the file too: if it disagrees with the scan, that is a problem.
         try:

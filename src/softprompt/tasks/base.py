@@ -61,6 +61,7 @@ class Task:
     normalize_row: RowNormalizer | None = None  # raw row -> Hub-schema rows (see RowNormalizer)
     train_filter: Callable[[dict[str, Any]], bool] | None = None  # rows kept for training (WSC: true only)
     group_key: str | None = None  # Example.meta key grouping expanded rows (MultiRC question, ReCoRD query)
+    csv_columns: tuple[str, ...] = ()  # column names of header-less .csv split files (AG News's layout)
 
     @property
     def is_classification(self) -> bool:

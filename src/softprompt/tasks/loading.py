@@ -72,19 +72,40 @@ def read_tsv(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def read_file(path: Path) -> list[dict[str, Any]]:
+def read_csv(path: Path, columns: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Rows of a header-less, quoted .csv whose columns are `columns` (AG News's official layout)."""
+    if not columns:
+        raise SoftpromptError(f"{path}: this task's files are not .csv; use the official format")
+    try:
+        with path.open(encoding="utf-8", newline="") as f:
+            rows = []
+            for lineno, values in enumerate(csv.reader(f), 1):
+                if len(values) != len(columns):
+                    raise SoftpromptError(f"{path}:{lineno}: {len(values)} columns, expected {len(columns)} "
+                                          f"({', '.join(columns)})")
+                rows.append(dict(zip(columns, values)))
+    except UnicodeDecodeError as e:
+        raise SoftpromptError(f"{path}: not UTF-8 text ({e.reason}); re-encode it as UTF-8") from e
+    except csv.Error as e:
+        raise SoftpromptError(f"{path}: malformed CSV ({e}); fix the quoting") from e
+    return rows
+
+
+def read_file(path: Path, csv_columns: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     if path.name.endswith((".jsonl", ".jsonl.gz", ".json")):
         return read_jsonl(path)
     if path.suffix == ".tsv":
         return read_tsv(path)
-    raise SoftpromptError(f"{path}: unsupported file type (expected .jsonl, .jsonl.gz or .tsv)")
+    if path.suffix == ".csv":
+        return read_csv(path, csv_columns)
+    raise SoftpromptError(f"{path}: unsupported file type (expected .jsonl, .jsonl.gz, .tsv or .csv)")
 
 
 def load_rows(task: Task, data_dir: str | Path | None, split: str) -> list[dict[str, Any]]:
     """Raw rows of one split in the Hub schema (`task.fields`), from `data_dir` or (when None) the Hub."""
     if data_dir is not None:
         path = find_split_file(task, data_dir, split)
-        return normalize_rows(task, read_file(path), str(path))
+        return normalize_rows(task, read_file(path, task.csv_columns), str(path))
     return normalize_rows(task, load_hub_rows(task, split), f"{task.name} {split} (Hub)")
 
 
