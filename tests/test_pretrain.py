@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_lm_adapt import write_corpus
 from typer.testing import CliRunner
 
 from softprompt.cli import app
@@ -21,7 +22,6 @@ from softprompt.pretrain import MixtureDataset, TaskMixture, from_scratch, load_
 from softprompt.tasks import get_task, load_examples
 from softprompt.tasks.news import split_file
 from softprompt.validation import ValidateConfig, validate
-from test_lm_adapt import write_corpus
 
 TOPICS = {1: "election minister talks nation", 2: "match team coach season", 3: "shares market profit bank",
           4: "software chip internet space"}
@@ -40,6 +40,16 @@ def write_ag_news(path: Path, rows: int, seed: int = 0) -> Path:
     return path
 
 
+def write_words(path: Path, lines: int = 300, seed: int = 0) -> Path:
+    """Sentences of made-up words from a few hundred syllable pairs: enough distinct text for a vocabulary."""
+    r = np.random.default_rng(seed)
+    syllables = ["ka", "lo", "mi", "ne", "su", "ta", "ri", "po", "del", "ven", "mor", "tis", "ga", "bu", "fe"]
+    words = [a + b for a in syllables for b in syllables]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(" ".join(r.choice(words, 9)) + "." for _ in range(lines)) + "\n", encoding="utf-8")
+    return path
+
+
 def cfg(**overrides) -> LMAdaptConfig:
     values = dict(objective="span-corruption", steps=40, batch_size=8, grad_accumulation=1, lr=0.01, warmup_steps=0,
                   max_source_length=32, max_target_length=32, eval_every=40, eval_examples=8, eval_batch_size=8,
@@ -50,15 +60,16 @@ def cfg(**overrides) -> LMAdaptConfig:
 # ------------------------------------------------------------------------------------------- vocabulary
 
 def test_trained_vocabulary_is_a_t5_tokenizer_with_sentinels(tmp_path: Path):
-    corpus = open_corpus(str(write_corpus(tmp_path / "c.txt", lines=300)))
+    corpus = open_corpus(str(write_words(tmp_path / "c.txt")))
     out = train_vocabulary(corpus, 120, tmp_path / "vocab", seed=0)
     tok = load_tokenizer(out)
     assert (out / "spiece.model").is_file()
     assert len(tok) == 120 + 100  # the pieces plus <extra_id_0..99>
     assert (tok.pad_token_id, tok.eos_token_id, tok.unk_token_id) == (0, 1, 2)  # T5's layout
     assert sentinel_id(tok, 0) == 219 and sentinel_id(tok, 99) == 120
-    ids = tok("The old cat sees the river.").input_ids
-    assert ids[-1] == 1 and tok.decode(ids, skip_special_tokens=True) == "The old cat sees the river."
+    text = (tmp_path / "c.txt").read_text().splitlines()[0]
+    ids = tok(text).input_ids
+    assert ids[-1] == 1 and tok.decode(ids, skip_special_tokens=True) == text and 5 < len(ids) < len(text)
     # The same corpus and seed give the same pieces (the base's cache key depends on it).
     again = load_tokenizer(train_vocabulary(corpus, 120, tmp_path / "vocab2", seed=0))
     assert again.get_vocab() == tok.get_vocab()
@@ -75,7 +86,7 @@ def test_vocabulary_errors_name_the_fix(tmp_path: Path):
 # ------------------------------------------------------------------------------------- from scratch
 
 def test_from_scratch_builds_the_named_config_and_learns(tmp_path: Path):
-    corpus = write_corpus(tmp_path / "c.txt", lines=400)
+    corpus = write_words(tmp_path / "c.txt", lines=400)
     out = tmp_path / "micro"
     meta = from_scratch("micro", str(corpus), out, cfg(), vocab_size=150, progress=False)
     base = load_base(str(out))
@@ -86,7 +97,7 @@ def test_from_scratch_builds_the_named_config_and_learns(tmp_path: Path):
     assert base.model.lm_head.weight.data_ptr() != base.model.get_input_embeddings().weight.data_ptr()
     assert not torch.equal(base.model.lm_head.weight, base.model.get_input_embeddings().weight)
     assert meta["validation_loss_after"] < meta["validation_loss_before"] - 0.5
-    assert read_metrics(out)["steps_trained"] == 40
+    assert read_metrics(out)["steps_trained"] == 40 and read_metrics(out)["from_scratch"]["config"] == "micro"
     assert not out.with_name("micro.init").exists() and not out.with_name("micro.vocab").exists()
     assert meta["from_scratch"]["config"] == "micro" and meta["from_scratch"]["tokenizer"] == "trained:150"
 
@@ -106,7 +117,11 @@ def test_from_scratch_needs_exactly_one_tokenizer_source(tmp_path: Path):
 def test_mixture_interleaves_labelled_train_rows_behind_the_prefix(tmp_path: Path):
     data = tmp_path / "ag"
     split_file(write_ag_news(tmp_path / "all.csv", 80), data, validation_rows=40, seed=0)
-    tok = load_tokenizer(train_vocabulary(open_corpus(str(data / "train.csv")), 100, tmp_path / "v"))
+    text = write_words(tmp_path / "w.txt")
+    with text.open("a", encoding="utf-8") as f:  # the news text too, so it tokenizes without <unk>
+        f.writelines(f"{row[1]} {row[2]} World Sports Business Sci/Tech label:\n"
+                     for row in csv.reader((tmp_path / "all.csv").open()))
+    tok = load_tokenizer(train_vocabulary(open_corpus(str(text)), 150, tmp_path / "v"))
     self_supervised = [{"input_ids": [5, 6, 1], "labels": [7, 1], "attention_mask": [1, 1, 1]}] * 400
 
     class Base:  # the LM dataset's interface, as MixtureDataset uses it

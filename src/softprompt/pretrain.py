@@ -28,7 +28,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, T5Config, T5For
 from softprompt.config import load_params
 from softprompt.corpus import Corpus
 from softprompt.errors import SoftpromptError
-from softprompt.io import atomic_dir, file_md5
+from softprompt.io import atomic_dir, file_md5, write_json
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +241,7 @@ def from_scratch(config_name: str, corpus_spec: str, output: str | Path, cfg: An
     training finishes, so an interrupted run resumes from the same weights; then `lm_adapt` trains it.
     """
     from softprompt.corpus import open_corpus
-    from softprompt.lm_adapt import lm_adapt
+    from softprompt.lm_adapt import METRICS_FILE, lm_adapt, read_metrics
 
     if (tokenizer is None) == (vocab_size is None):
         raise SoftpromptError("pretraining from scratch needs exactly one of --tokenizer (a spiece.model, "
@@ -261,5 +261,8 @@ def from_scratch(config_name: str, corpus_spec: str, output: str | Path, cfg: An
         initial_checkpoint(config_name, tok, init_dir, seed=cfg.seed)
     meta = lm_adapt(str(init_dir), corpus_spec, output, cfg, **lm_adapt_kwargs)
     shutil.rmtree(init_dir, ignore_errors=True)
-    return {**meta, "from_scratch": {"config": config_name, **model_shape(config_name),
-                                     "tokenizer": str(tokenizer) if tokenizer else f"trained:{vocab_size}"}}
+    scratch = {"config": config_name, **model_shape(config_name),
+               "tokenizer": str(tokenizer) if tokenizer else f"trained:{vocab_size}"}
+    # The metrics file says how the base began (its `base_model` names the deleted OUTPUT.init).
+    write_json(output / METRICS_FILE, {**(read_metrics(output) or {}), "from_scratch": scratch})
+    return {**meta, "from_scratch": scratch}
