@@ -116,6 +116,8 @@ def train(
                                                              "(default OUTPUT.checkpoints).")] = None,
     resume: Annotated[bool, typer.Option(help="Resume from the last checkpoint if one exists.")] = True,
     keep_checkpoints: Annotated[bool, typer.Option(help="Keep the checkpoints after success.")] = False,
+    loss_history: Annotated[Path | None, typer.Option(
+        help="Also write the training loss curve (step,loss) to this CSV file, for `dvc plots`.")] = None,
 ) -> None:
     """Train a soft prompt on a task (or, with --method model, tune the whole model)."""
     from softprompt.config import load_params, training_configs
@@ -130,6 +132,10 @@ def train(
     with progress_to_stderr():
         meta = run_train(task, model or params["model"], data, output, prompt_cfg, train_cfg, eval_cfg,
                          checkpoint_dir=checkpoint_dir, resume=resume, keep_checkpoints=keep_checkpoints)
+    if loss_history is not None:
+        from softprompt.plots import write_loss_history
+
+        write_loss_history(loss_history, meta["loss_curve"])
     summary = {k: meta[k] for k in ("task", "method", "base_model", "prompt_length", "steps_trained")}
     summary["validation"] = {k: v for k, v in meta["metrics"]["validation"].items() if k != "confusion_matrix"}
     typer.echo(json.dumps(summary, indent=2))

@@ -18,6 +18,7 @@ from softprompt import metrics as metric_fns
 from softprompt.errors import SoftpromptError
 from softprompt.io import write_json, write_jsonl
 from softprompt.models import sentinel_id
+from softprompt.plots import write_confusion
 from softprompt.tasks.base import Example, Task
 
 
@@ -153,10 +154,13 @@ def predictions_path(metrics_path: str | Path) -> Path:
     return p.with_name(p.name.removesuffix(".json") + ".predictions.jsonl")
 
 
-def write_results(metrics_path: str | Path, result: dict[str, Any], examples: Sequence[Example],
+def write_results(metrics_path: str | Path, result: dict[str, Any], task: Task, examples: Sequence[Example],
                   predictions: Sequence[str]) -> tuple[Path, Path]:
+    """The metrics JSON, the per-example predictions (JSON Lines) beside it and, for classification tasks,
+    the confusion data `dvc plots` reads (NAME.confusion.json)."""
     rows = [{**e.to_json(), "prediction": p, "correct": p == e.targets} for e, p in zip(examples, predictions)]
     pred_path = write_jsonl(predictions_path(metrics_path), rows)
+    write_confusion(metrics_path, task, examples, predictions)
     return write_json(metrics_path, result), pred_path
 
 
@@ -215,5 +219,5 @@ def run_evaluation(
     result, predictions = evaluate_examples(net, encoding, task, examples, mode, batch_size, progress)
     result = {"task": task.name, "split": split, "mode": mode, "method": method, "base_model": base.name,
               "prompt": str(prompt) if prompt else None, **result}
-    write_results(output, result, examples, predictions)
+    write_results(output, result, task, examples, predictions)
     return result

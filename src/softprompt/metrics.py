@@ -31,13 +31,19 @@ def binary_f1(predictions: Sequence[str], targets: Sequence[str], positive: str)
     return 100.0 * float(f1_score(y_true, y_pred, zero_division=0))
 
 
+OTHER = "<other>"  # the confusion matrix's row/column for outputs that are not a label
+
+
+def label_or_other(values: Sequence[str], labels: Sequence[str]) -> list[str]:
+    """Each value if it is one of `labels`, else `<other>`."""
+    return [v if v in labels else OTHER for v in values]
+
+
 def confusion(predictions: Sequence[str], targets: Sequence[str], labels: Sequence[str]) -> dict:
     """Confusion matrix over the label strings plus an `<other>` row/column for non-label outputs."""
-    other = "<other>"
-    names = [*labels, other]
-    preds = [p if p in labels else other for p in predictions]
-    golds = [t if t in labels else other for t in targets]
-    matrix = confusion_matrix(golds, preds, labels=names).tolist()
+    names = [*labels, OTHER]
+    matrix = confusion_matrix(label_or_other(targets, labels), label_or_other(predictions, labels),
+                              labels=names).tolist()
     return {"labels": names, "matrix": matrix}
 
 

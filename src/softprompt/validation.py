@@ -41,6 +41,7 @@ ID_KEY = "__id_key__"  # JSON of an unhashable id (MultiRC/ReCoRD dict idx), for
 PROBLEM = "problem"  # column of the per-split file frame: None for a good line, else what is wrong
 REQUIRED_SPLITS = ("train", "validation")  # training reads these; test is validated when present
 RESULT_FILE = "validation.json"
+SUITES_DIR = "expectations"  # every suite run, as GX JSON: gx.ExpectationSuite(**json.load(f)) reopens it
 DOCS_DIR = "data_docs"
 MANIFEST = "validated.json"
 TRAIN_INPUTS = "train_input_keys"  # suite parameter: the train split's input keys (leakage check)
@@ -495,7 +496,7 @@ def validate(task: str | Task, data_dir: str | Path, report_dir: str | Path, cfg
         _check_replaceable(Path(output), MANIFEST, "--output")
     data = [d for s, required in _splits_to_check(task, splits) if (d := read_split(task, data_dir, s, required))]
     with atomic_dir(report_dir) as tmp:
-        checks = _run_suites(task, data, cfg, tmp / DOCS_DIR, docs)
+        checks = _run_suites(task, data, cfg, tmp / DOCS_DIR, docs, tmp / SUITES_DIR)
         report = _report(task, data_dir, data, cfg, checks, docs)
         write_json(tmp / RESULT_FILE, report)
     report["report"] = str(report_dir / RESULT_FILE)
@@ -513,20 +514,22 @@ def _check_replaceable(path: Path, marker: str, option: str) -> None:
 
 
 def _run_suites(task: Task, data: list[SplitData], cfg: ValidateConfig, docs_dir: Path,
-                docs: bool) -> list[dict[str, Any]]:
+                docs: bool, suites_dir: Path) -> list[dict[str, Any]]:
     context = _context(docs_dir)
     source = context.data_sources.add_pandas(name=task.name)
     train = next((d for d in data if d.split == "train" and d.rows), None)
     train_inputs = sorted(split_frame(task, train)[INPUT_KEY].unique()) if train else None
     checks: list[dict[str, Any]] = []
     for d in data:
-        raws = _run_checkpoint(context, source, f"{d.split}.file", build_file_suite(task, d.split),
-                               problem_frame(d), ["line"], cfg)
+        file_suite = build_file_suite(task, d.split)
+        _save_suite(file_suite, suites_dir)
+        raws = _run_checkpoint(context, source, f"{d.split}.file", file_suite, problem_frame(d), ["line"], cfg)
         checks += [_check_record(task, r, {}) for r in raws]
         if d.path is None:
             continue  # missing split: nothing to validate beyond file_readable
         frame = split_frame(task, d)
         suite = build_suite(task, d.split, list(frame.columns), cfg, train_inputs)
+        _save_suite(suite, suites_dir)
         index_columns = [LINE] + ([task.id_field] if task.id_field in frame.columns else [])
         raws = _run_checkpoint(context, source, d.split, suite, frame, index_columns, cfg,
                                {TRAIN_INPUTS: train_inputs or []})
@@ -535,6 +538,11 @@ def _run_suites(task: Task, data: list[SplitData], cfg: ValidateConfig, docs_dir
     if docs:
         context.build_data_docs(site_names=["local"])
     return checks
+
+
+def _save_suite(suite: Any, suites_dir: Path) -> Path:
+    """The suite exactly as GX serialises it (the train-input keys stay a `$PARAMETER` reference)."""
+    return write_json(suites_dir / f"{suite.name}.json", suite.to_json_dict())
 
 
 def _report(task: Task, data_dir: Path, data: list[SplitData], cfg: ValidateConfig,
