@@ -62,7 +62,8 @@ class T5XAdafactor(torch.optim.Optimizer):
         return loss
 
     def _update(self, param: torch.Tensor, group: dict[str, Any]) -> None:
-        grad = param.grad.float()
+        compute = torch.promote_types(param.dtype, torch.float32)  # bf16 / fp16 weights update in fp32
+        grad = param.grad.to(compute)
         state = self.state[param]
         dims = factored_dims(param.shape, group["min_dim_size_to_factor"])
         if not state:
@@ -86,7 +87,7 @@ class T5XAdafactor(torch.optim.Optimizer):
             col_factor = state["v_col"].rsqrt().unsqueeze(small)
             y = grad * row_factor * col_factor
         y = y / torch.clamp(_rms(y) / group["clip_threshold"], min=1.0)
-        value = param.float()
+        value = param.to(compute)
         scale = group["lr"] * torch.clamp(_rms(value), min=EPSILON2) if group["scale_parameter"] else group["lr"]
         if group["weight_decay_rate"]:
             value = value * (1.0 - group["weight_decay_rate"])
