@@ -13,7 +13,6 @@ from softprompt.errors import SoftpromptError
 from softprompt.evaluation import Encoding, generate_predictions, label_log_likelihoods
 from softprompt.models import load_base
 from softprompt.prompt import attach_prompt, prompt_vectors, save_prompt
-from softprompt.tasks import get_task
 from softprompt.tasks.base import Example
 
 
