@@ -88,7 +88,7 @@ def build_pipeline(profile: str | None = None, on_cluster: bool = True):
         init: str = params["prompt"]["init"],
         steps: int = train["steps"],
         batch_size: int = train["batch_size"],
-        learning_rate: float = train["prompt_lr"],
+        learning_rate: float = train["optimizer"]["prompt"]["lr"],
         seeds: list = seeds_for(pipe["num_prompts"], train["seed"]),  # noqa: B006 (KFP reads the default)
         eval_mode: str = params["eval"]["mode"],
         eval_split: str = params["eval"]["split"],

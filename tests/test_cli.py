@@ -46,6 +46,40 @@ def test_prompt_design_baseline_needs_no_training(rte_dir, tmp_path):
     assert json.loads((tmp_path / "m.json").read_text())["method"] == "design"
 
 
+def test_design_is_described_as_a_zero_shot_instruction_and_takes_shots(rte_dir, tmp_path):
+    """--method design is a zero-shot instruction to the frozen T5 (not the paper's GPT-3 few-shot); --shots K
+    puts K training examples, fixed by --seed, in front of every input."""
+    text = " ".join(run("evaluate", "--help").stdout.split())
+    assert "zero-shot text instruction to the frozen T5" in text and "GPT-3" in text and "--shots" in text
+    outputs = {}
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        run("evaluate", "--task", "rte", "--method", "design", "--model", "tiny", "--data", rte_dir, "--mode", "rank",
+            "--shots", "3", "--seed", seed, "--limit", "2", "--output", tmp_path / f"{name}.json")
+        outputs[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    assert outputs["a"]["shots"] == 3 and len(outputs["a"]["shot_ids"]) == 3
+    assert outputs["a"]["shot_ids"] == outputs["b"]["shot_ids"] != outputs["c"]["shot_ids"]
+    proc = run("evaluate", "--task", "rte", "--method", "model", "--model", "tiny", "--data", rte_dir, "--shots", "2",
+               "--output", tmp_path / "x.json", ok=False)
+    assert proc.returncode == 2 and "--shots applies to --method design only" in proc.stderr
+
+
+def test_shots_go_before_the_input_which_truncation_never_cuts():
+    from softprompt.evaluation import Encoding
+    from softprompt.tasks.base import Example
+
+    tok = load_base("tiny").tokenizer
+    shots = [Example(i, f"rte hypothesis: h{i}. premise: p{i}.", "entailment") for i in range(2)]
+    enc = Encoding(tok, 512, 16, instruction="Does it follow?", demonstrations=shots)
+    ids = enc.source_ids(["rte hypothesis: H. premise: P."])["input_ids"][0]
+    assert tok.decode(ids, skip_special_tokens=True) == (
+        "Does it follow? rte hypothesis: h0. premise: p0. answer: entailment rte hypothesis: h1. premise: p1. "
+        "answer: entailment rte hypothesis: H. premise: P. answer:")
+    enc.max_source_length = 45  # room for the input (38 bytes + EOS), not for the demonstrations
+    short = tok.decode(enc.source_ids(["rte hypothesis: H. premise: P."])["input_ids"][0], skip_special_tokens=True)
+    assert short.endswith("rte hypothesis: H. premise: P. answer:")
+    assert tok.truncation_side == "right"  # restored for everything else
+
+
 @pytest.mark.parametrize("args, message", [
     (["train", "--task", "rte", "--model", "tiny", "--data", "/nonexistent", "--output", "/tmp/x"],
      "no such data directory"),

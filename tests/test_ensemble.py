@@ -13,7 +13,6 @@ from softprompt.errors import SoftpromptError
 from softprompt.evaluation import Encoding, generate_predictions, label_log_likelihoods
 from softprompt.models import load_base
 from softprompt.prompt import attach_prompt, prompt_vectors, save_prompt
-from softprompt.tasks import get_task
 from softprompt.tasks.base import Example
 
 
@@ -78,7 +77,27 @@ def test_run_ensemble_writes_table_and_votes(tmp_path):
     correct = sum(p["prediction"] == "entailment" for p in preds)
     assert summary["ensemble"]["accuracy"] == pytest.approx(100 * correct / 4)
     assert "**Ensemble**" in (tmp_path / "out" / "ensemble.md").read_text()
-    assert get_task("rte").main_metric == summary["main_metric"]
+    assert summary["main_metric"] == "score"  # the best prompt is chosen on the task's score
+    assert summary["best"]["score"] == max(p["score"] for p in summary["prompts"])
+
+
+def test_ensemble_generates_as_many_tokens_as_evaluate(tmp_path):
+    """Each prompt's vote equals what `evaluate` generates for that prompt alone: both allow max_new_tokens
+    (the task's budget, or its longest label if longer: 15 byte tokens for not_entailment), not the task's raw 8."""
+    from softprompt.evaluation import run_evaluation
+
+    dirs = make_prompts(tmp_path, n=2)
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = [{"premise": f"p{i}", "hypothesis": f"h{i}", "label": "entailment", "idx": i} for i in range(3)]
+    (data / "val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run_ensemble("rte", dirs, tmp_path / "out", data=data, mode="generate", batch_size=8, progress=False)
+    votes = [json.loads(x)["votes"] for x in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
+    for i, d in enumerate(dirs):
+        run_evaluation("rte", tmp_path / f"e{i}.json", prompt=d, data=data, batch_size=8, progress=False)
+        alone = [json.loads(x)["prediction"] for x in (tmp_path / f"e{i}.predictions.jsonl").read_text().splitlines()]
+        assert [v[i] for v in votes] == alone
+    assert max(len(v) for row in votes for v in row) > 8  # the random prompts use the longer budget
 
 
 def test_ensemble_refuses_one_prompt(tmp_path):

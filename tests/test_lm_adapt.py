@@ -268,6 +268,22 @@ def test_lm_dataset_is_reproducible_and_changes_with_the_epoch(tmp_path: Path):
     assert len(list(unskipped)) == len(first) + 2
 
 
+def test_prefix_lm_examples_stay_inside_one_document(tmp_path: Path):
+    """T5's prefix_lm cuts one document; only span corruption joins documents (reduce_concat_tokens). Two
+    documents of distinct tokens: no prefix-LM example mixes them, and each document's tail is kept."""
+    (tmp_path / "two.txt").write_text("a" * 20 + "\n" + "b" * 20 + "\n")
+    corpus = open_corpus(str(tmp_path / "two.txt"))
+    tok = ByT5Tokenizer()
+    a, b = (tok(ch, add_special_tokens=False).input_ids[0] for ch in "ab")
+    rows = list(LMDataset(corpus, tok, make_objective(small_cfg(max_source_length=16), tok), seed=0))
+    docs = [set(r["input_ids"][:-1] + r["labels"][:-1]) for r in rows]
+    assert docs == [{a}, {a}, {b}, {b}]  # 20 tokens each: a 15-token segment and a 5-token tail per document
+    assert sum(len(r["input_ids"]) + len(r["labels"]) - 2 for r in rows) == 40
+    spans = LMDataset(corpus, tok, make_objective(small_cfg(objective="span-corruption", max_source_length=16,
+                                                            max_target_length=16), tok), seed=0)
+    assert any({a, b} <= set(r["input_ids"] + r["labels"]) for r in spans)  # the joined stream, as T5
+
+
 # --------------------------------------------------------------------------------------------- caching
 
 def test_lm_adapt_key_is_a_content_address():

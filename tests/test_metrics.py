@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from softprompt import metrics
+from softprompt.evaluation import score
 from softprompt.tasks import Example, get_task
 
 
@@ -45,7 +46,47 @@ def test_record_counts_each_query_once():
     meta = {"group": (1, 1), "answers": ["Bob", "Robert"]}
     exs = [Example(0, "q", "Bob", meta), Example(0, "q", "Robert", meta),
            Example(1, "q2", "Ann", {"group": (1, 2), "answers": ["Ann"]})]
-    assert get_task("record").metrics(["Robert", "Robert", "Bob"], exs) == {"exact_match": 50.0, "f1": 50.0}
+    assert get_task("record").metrics(["Robert", "Robert", "Bob"], exs) == {"exact_match": 50.0, "f1": 50.0,
+                                                                             "score": 50.0}
+
+
+def ex(target: str, **meta) -> Example:
+    return Example(0, "x", target, meta)
+
+
+def test_score_is_the_papers_average_of_a_tasks_metrics():
+    """CB (F1+acc)/2, MultiRC (F1a+EM)/2, ReCoRD (F1+EM)/2, MRPC/QQP (F1+acc)/2; one-metric tasks: the metric.
+    `score` is what evaluation names as main_metric (selection, promotion); every metric stays in the output."""
+    cb = get_task("cb").metrics(["entailment", "entailment", "neutral", "contradiction"],
+                                [ex("entailment"), ex("contradiction"), ex("neutral"), ex("contradiction")])
+    assert cb["accuracy"] == 75.0 and cb["f1"] != cb["accuracy"]
+    assert cb["score"] == pytest.approx((cb["f1"] + 75.0) / 2)
+    multirc = get_task("multirc").metrics(["True", "False", "True"], [ex("True", group=1), ex("True", group=1),
+                                                                      ex("True", group=2)])
+    assert multirc["exact_match"] == 50.0 and multirc["score"] == pytest.approx((multirc["f1a"] + 50.0) / 2)
+    record = get_task("record").metrics(["Bob"], [ex("Bob Smith", group=1, answers=["Bob Smith"])])
+    assert record["exact_match"] == 0.0 and record["score"] == pytest.approx(record["f1"] / 2)
+    for name, pos, neg in (("mrpc", "equivalent", "not_equivalent"), ("qqp", "duplicate", "not_duplicate")):
+        m = get_task(name).metrics([pos, neg, neg, neg], [ex(pos), ex(pos), ex(neg), ex(neg)])
+        assert m["score"] == pytest.approx((m["f1"] + m["accuracy"]) / 2) and m["f1"] != m["accuracy"]
+    assert get_task("rte").metrics(["entailment"], [ex("not_entailment")]) == {"accuracy": 0.0, "score": 0.0}
+    scored = score(get_task("cb"), ["entailment", "neutral"], [ex("entailment"), ex("contradiction")])
+    assert scored["main_metric"] == "score" and {"f1", "accuracy", "score"} <= set(scored)
+
+
+def wsc_ex(label: bool) -> Example:
+    return Example(0, "wsc: ...", "the dog", {"label": label})
+
+
+def test_wsc_empty_prediction_is_wrong_for_every_label():
+    """T5's wsc_simple returns -1 for an output that is empty once determiners are removed: wrong on label-0 rows
+    too (else a model that outputs nothing scores the share of false rows, 63.5 on WSC's validation split)."""
+    rows = [wsc_ex(False), wsc_ex(False), wsc_ex(True)]
+    wsc = get_task("wsc")
+    assert wsc.metrics(["", "the", "  "], rows)["accuracy"] == 0.0
+    assert wsc.metrics(["cat", "a cat", "The dog"], rows)["accuracy"] == 100.0
+    assert metrics.wsc_simple("the", "dog") == -1 and metrics.wsc_simple("cat", "dog") == 0
+    assert metrics.wsc_simple("his dog", "the dog") == 1
 
 
 @pytest.mark.parametrize(("pred", "referent", "match"), [

@@ -91,7 +91,7 @@ def test_record_one_row_per_answer_and_highlights(tmp_path):
                              "Bob met Ann in Rome. Bob is here. Ann left")
     assert exs[0].meta == {"group": (7, 70), "answers": ["Ann", "Bob"]}
     # metric: one score per query, max over answers
-    assert get_task("record").metrics(["bob", "x"], exs) == {"exact_match": 100.0, "f1": 100.0}
+    assert get_task("record").metrics(["bob", "x"], exs) == {"exact_match": 100.0, "f1": 100.0, "score": 100.0}
 
 
 WSC_ROW = {"text": "Mitchell asked Tom if he could lend some money.", "idx": 5, "label": True,
@@ -109,7 +109,7 @@ def test_wsc_simple_form_and_train_filter(tmp_path):
     assert get_task("wsc", taskless=True).format(load_rows(get_task("wsc"), tmp_path, "validation")[0])[0] \
         .inputs == "Mitchell asked Tom if *he* could lend some money."
     # "the tom" names the referent: true on row 5 (right), false on row 6 (wrong)
-    assert get_task("wsc").metrics(["the Tom", "the Tom"], val) == {"accuracy": 50.0}
+    assert get_task("wsc").metrics(["the Tom", "the Tom"], val) == {"accuracy": 50.0, "score": 50.0}
 
 
 def test_wsc_bad_span_index_names_the_row(tmp_path):
@@ -148,7 +148,7 @@ def test_mrqa_jsonl_gz_pads_punctuation(tmp_path):
     assert ex.inputs == "question: Where ' s it ? context: Levi ' s Stadium is in Santa Clara . "
     assert ex.targets == "Santa Clara . " and ex.idx == "q1"
     assert ex.meta["answers"] == ["Santa Clara", "Santa Clara . "]
-    assert get_task("squad").metrics(["santa clara"], [ex]) == {"exact_match": 100.0, "f1": 100.0}
+    assert get_task("squad").metrics(["santa clara"], [ex]) == {"exact_match": 100.0, "f1": 100.0, "score": 100.0}
 
 
 def test_hub_rows_pass_through_normalizers():
@@ -174,6 +174,23 @@ def test_malformed_local_row_is_reported(tmp_path):
     write_jsonl(tmp_path / "val.jsonl", [{"idx": 1, "passage": {"text": "x"}}])
     with pytest.raises(SoftpromptError, match=r"val.jsonl: row 1 has no field 'questions'"):
         load_rows(get_task("multirc"), tmp_path, "validation")
+
+
+@pytest.mark.parametrize(("field", "value", "problem"), [
+    ("premise", ["a", "list"], "type (premise): a list, expected str"),
+    ("hypothesis", None, "not_null (hypothesis): the field is null, expected str"),
+    ("idx", "3", "type (idx): a str, expected int"),
+])
+def test_loaders_refuse_a_row_they_cannot_format(tmp_path, field, value, problem):
+    """A list premise or a null hypothesis would be formatted as "['a', 'list']" / "None" and trained on; the
+    loaders training and evaluation use refuse it with validation's file:line and check (field) instead."""
+    rows = [{"premise": "p", "hypothesis": "h", "label": "entailment", "idx": i} for i in range(3)]
+    rows[1][field] = value
+    write_jsonl(tmp_path / "train.jsonl", rows)
+    with pytest.raises(SoftpromptError) as err:
+        load_examples(get_task("rte"), tmp_path, "train")
+    assert str(err.value).startswith(f"{tmp_path / 'train.jsonl'}:2: {problem}")
+    assert "\n" not in str(err.value)
 
 
 def test_preview_cli_writes_jsonl(tmp_path):

@@ -1,4 +1,5 @@
 import json
+import logging
 
 import pytest
 import torch
@@ -57,7 +58,8 @@ def test_interrupted_run_resumes_to_the_same_prompt(rte_train_only, tmp_path):
         train("rte", "tiny", rte_train_only, tmp_path / "resumed", PromptConfig(length=3), cfg, progress=False,
               callbacks=[Interrupt()])
     assert not (tmp_path / "resumed").exists()  # nothing half-written
-    assert (tmp_path / "resumed.checkpoints" / "checkpoint-5").is_dir()
+    (run_dir,) = (tmp_path / "resumed.checkpoints").iterdir()  # one directory per run key
+    assert (run_dir / "checkpoint-5").is_dir() and (run_dir / "run.json").is_file()
     meta = train("rte", "tiny", rte_train_only, tmp_path / "resumed", PromptConfig(length=3), cfg, progress=False)
     assert meta["steps_trained"] == 10
     full = prompt_vectors(load_prompt(load_base("tiny"), tmp_path / "full")[0])
@@ -102,3 +104,63 @@ def test_failed_retrain_keeps_the_previous_prompt(rte_train_only, tmp_path):
         train("rte", "tiny", rte_train_only, tmp_path / "p", PromptConfig(length=2), small_cfg(steps=10),
               progress=False, callbacks=[Interrupt()])
     assert json.loads((tmp_path / "p" / "softprompt.json").read_text()) == before
+
+
+def test_another_run_never_resumes_these_checkpoints(rte_train_only, tmp_path, caplog):
+    """Checkpoints are keyed by the run (task, method, base, data md5s, prompt length, init, seed, optimizer...):
+    a rerun with another seed into the same --output says what differs and starts fresh in its own directory,
+    leaving the interrupted run's checkpoints for that run to resume."""
+    cfg = small_cfg(steps=10, eval_every=5)
+    with pytest.raises(KeyboardInterrupt):
+        train("rte", "tiny", rte_train_only, tmp_path / "p", PromptConfig(length=3), cfg, progress=False,
+              callbacks=[Interrupt()])
+    (interrupted,) = (tmp_path / "p.checkpoints").iterdir()
+    caplog.set_level(logging.INFO, logger="softprompt.training")
+    meta = train("rte", "tiny", rte_train_only, tmp_path / "p", PromptConfig(length=3), small_cfg(steps=10, seed=1),
+                 progress=False)
+    notes = [r.getMessage() for r in caplog.records if "another run" in r.getMessage()]
+    assert len(notes) == 1 and "seed 0 -> 1" in notes[0] and "starting fresh" in notes[0]
+    assert not any(r.getMessage().startswith("resuming from") for r in caplog.records)
+    assert meta["run_key"] != interrupted.name and meta["steps_trained"] == 10
+    fresh = prompt_vectors(load_prompt(load_base("tiny"), tmp_path / "p")[0])
+    train("rte", "tiny", rte_train_only, tmp_path / "ref", PromptConfig(length=3), small_cfg(steps=10, seed=1),
+          progress=False)
+    assert torch.equal(fresh, prompt_vectors(load_prompt(load_base("tiny"), tmp_path / "ref")[0]))
+    assert (interrupted / "checkpoint-5").is_dir()  # the other run's checkpoints are kept, not deleted
+
+
+WSC_ROW = {"text": "Mitchell asked Tom if he could lend some money.", "idx": 0, "label": True,
+           "target": {"span1_index": 2, "span1_text": "Tom", "span2_index": 4, "span2_text": "he"}}
+
+
+def test_class_label_init_on_a_task_without_labels_falls_back_to_sampled_vocab(tmp_path, caplog):
+    write_jsonl(tmp_path / "wsc" / "train.jsonl", [{**WSC_ROW, "idx": i} for i in range(8)])
+    caplog.set_level(logging.WARNING, logger="softprompt.training")
+    meta = train("wsc", "tiny", tmp_path / "wsc", tmp_path / "p", PromptConfig(length=4, init="class-label"),
+                 small_cfg(steps=2), progress=False)
+    assert meta["init"] == "sampled-vocab" and meta["steps_trained"] == 2
+    (note,) = [r.getMessage() for r in caplog.records if "falls back" in r.getMessage()]
+    assert note.startswith("note: wsc has no class labels") and "\n" not in note
+
+
+def test_selection_uses_the_tasks_score(rte_dir, tmp_path):
+    meta = train("rte", "tiny", rte_dir, tmp_path / "p", PromptConfig(length=2), small_cfg(steps=2, eval_every=1),
+                 progress=False)
+    validation = meta["metrics"]["validation"]
+    assert validation["main_metric"] == "score" and validation["score"] == validation["accuracy"]
+    assert meta["best_checkpoint"] is not None
+
+
+def test_evaluating_a_model_tuned_checkpoint_uses_its_training_settings(rte_dir, tmp_path):
+    """`train --method model --taskless --target-sentinel` records its settings; `evaluate --method model` reads
+    them as it does for a prompt: inputs without the task prefix, the trained source length, the sentinel."""
+    from softprompt.evaluation import run_evaluation
+
+    train("rte", "tiny", rte_dir, tmp_path / "m", PromptConfig(length=2),
+          small_cfg(steps=1, method="model", taskless=True, target_sentinel=True, max_source_length=40),
+          progress=False)
+    result = run_evaluation("rte", tmp_path / "eval.json", model=str(tmp_path / "m"), data=rte_dir, method="model",
+                            batch_size=8, progress=False)
+    assert (result["taskless"], result["max_source_length"], result["target_sentinel"]) == (True, 40, True)
+    rows = [json.loads(x) for x in (tmp_path / "eval.predictions.jsonl").read_text().splitlines()]
+    assert rows[0]["inputs"].startswith("hypothesis:")  # no "rte " prefix: trained taskless

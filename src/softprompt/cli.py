@@ -112,9 +112,11 @@ def train(
     target_sentinel: Annotated[bool | None, typer.Option(
         "--target-sentinel/--no-target-sentinel", help="Prepend <extra_id_0> to targets (span corruption + "
                                                        "sentinel setting); stripped at evaluation.")] = None,
-    checkpoint_dir: Annotated[Path | None, typer.Option(help="Where checkpoints go "
-                                                             "(default OUTPUT.checkpoints).")] = None,
-    resume: Annotated[bool, typer.Option(help="Resume from the last checkpoint if one exists.")] = True,
+    checkpoint_dir: Annotated[Path | None, typer.Option(
+        help="Checkpoints go to CHECKPOINT_DIR/KEY (default OUTPUT.checkpoints/KEY), KEY naming the run: task, "
+             "method, base, data, prompt length, init, seed, optimizer and lengths.")] = None,
+    resume: Annotated[bool, typer.Option(help="Resume from the last checkpoint of the same run (same KEY) if "
+                                              "one exists; another run's checkpoints are never resumed.")] = True,
     keep_checkpoints: Annotated[bool, typer.Option(help="Keep the checkpoints after success.")] = False,
     loss_history: Annotated[Path | None, typer.Option(
         help="Also write the training loss curve (step,loss) to this CSV file, for `dvc plots`.")] = None,
@@ -155,42 +157,52 @@ def evaluate(
                                                    "rank: score every label string.")] = None,
     method: Annotated[EvalMethod | None, typer.Option(
         help="prompt: base model + --prompt; model: a tuned model given as --model; "
-             "design: the frozen model with the task's text instruction (no training). "
-             "Default: prompt when --prompt is given, else design.")] = None,
+             "design: a zero-shot text instruction to the frozen T5 (no training; add --shots K for K solved "
+             "training examples in front of the input). This is not the paper's 'prompt design' baseline, "
+             "which is GPT-3 few-shot. Default: prompt when --prompt is given, else design.")] = None,
+    shots: Annotated[int | None, typer.Option(
+        help="--method design only: K training examples (fixed by --seed) in front of the input, each as "
+             "'INPUT answer: TARGET' (default eval.shots in params.yaml).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed choosing the --shots examples (default train.seed).")]
+    = None,
     batch_size: Annotated[int | None, typer.Option(help="Examples per forward pass.")] = None,
     limit: Annotated[int | None, typer.Option(help="Evaluate only the first N examples.")] = None,
     profile: Profile = None,
     taskless: Annotated[bool | None, typer.Option("--taskless/--with-task-prefix",
                                                   help="Drop the task-name prefix (default: as trained).")] = None,
 ) -> None:
-    """Evaluate a prompt (or a tuned model, or prompt design) and print the task's official metrics."""
+    """Evaluate a prompt (or a tuned model, or a zero-/few-shot instruction) and print the task's metrics."""
     from softprompt.config import EvalConfig, from_section, load_params
     from softprompt.evaluation import run_evaluation
 
     params = load_params(profile)
-    cfg = from_section(EvalConfig, params["eval"], mode=mode and mode.value, batch_size=batch_size, split=split)
+    cfg = from_section(EvalConfig, params["eval"], mode=mode and mode.value, batch_size=batch_size, split=split,
+                       shots=shots)
     if method is None:
         method = EvalMethod.prompt if prompt is not None else EvalMethod.design
         if method == EvalMethod.design:
-            typer.echo("note: no --prompt given: evaluating prompt design (--method design)", err=True)
+            typer.echo("note: no --prompt given: evaluating a text instruction to the frozen model "
+                       "(--method design)", err=True)
     if model is None and method != EvalMethod.prompt:
         model = params["model"]
     with progress_to_stderr():
         result = run_evaluation(task, output, prompt=prompt, model=model, data=data, mode=cfg.mode, split=cfg.split,
-                                batch_size=cfg.batch_size, method=method.value, limit=limit, taskless=taskless)
+                                batch_size=cfg.batch_size, method=method.value, limit=limit, taskless=taskless,
+                                shots=cfg.shots if method == EvalMethod.design else 0,
+                                seed=params["train"]["seed"] if seed is None else seed)
     typer.echo(json.dumps({k: v for k, v in result.items() if k != "confusion_matrix"}, indent=2))
     typer.echo(f"wrote {output}")
 
 
 @app.command("tasks")
 def list_tasks() -> None:
-    """List the tasks and their metrics."""
+    """List the tasks, their score (the metric or mean of metrics selection and promotion use) and labels."""
     from softprompt.tasks import TASKS, get_task
 
     get_task("rte")  # registers all
     for name, t in sorted(TASKS.items()):
         labels = ", ".join(t.label_names) if t.label_names else "(free text)"
-        typer.echo(f"{name:10s} {t.main_metric:12s} {labels:40s} {t.description}")
+        typer.echo(f"{name:10s} {t.score_description:24s} {labels:40s} {t.description}")
 
 
 @app.command()

@@ -109,9 +109,16 @@ class TrainConfig:
     method: str = _help("prompt: train only the soft prompt; model: tune every weight (baseline).", _T["method"])
     steps: int = _help("Number of optimizer steps.", _T["steps"])
     batch_size: int = _help("Examples per optimizer step (per device times accumulation).", _T["batch_size"])
-    lr: float | None = _help("Learning rate; default 0.3 for prompt tuning, 0.001 for model tuning.", None)
-    weight_decay: float = _help("Adafactor weight decay.", _T["weight_decay"])
-    decay_rate: float = _help("Adafactor second-moment decay exponent (paper: 0.8).", _T["decay_rate"])
+    # The optimizer (Adafactor with T5X's semantics, softprompt.optim): None takes the method's recipe from
+    # params.yaml `train.optimizer.<method>`.
+    lr: float | None = _help("Learning rate (default: the method's recipe in params.yaml).", None)
+    weight_decay: float | None = _help("Decoupled weight decay: param = (1 - wd) * param - update.", None)
+    scale_parameter: bool | None = _help("Scale updates by the parameter's RMS (T5X multiply_by_parameter_scale).",
+                                         None)
+    decay_rate: float | None = _help("Adafactor second-moment decay exponent.", None)
+    clip_threshold: float | None = _help("Adafactor update clipping threshold.", None)
+    min_dim_size_to_factor: int | None = _help("Factor the second moment only if both dims are at least this.",
+                                               None)
     eval_every: int = _help("Evaluate on validation every N steps and keep the best checkpoint.", _T["eval_every"])
     early_stopping_patience: int = _help("Stop after N evaluations without improvement (0: never).",
                                          _T["early_stopping_patience"])
@@ -133,10 +140,35 @@ class TrainConfig:
         _check(self.batch_size % self.grad_accumulation == 0, "batch_size",
                f"{self.batch_size} is not divisible by grad_accumulation {self.grad_accumulation}")
         _check(self.early_stopping_patience >= 0, "early_stopping_patience", "must be >= 0")
-        if self.lr is None:
-            self.lr = float(_T["prompt_lr"] if self.method == "prompt" else _T["model_lr"])
+        for name, value in optimizer_recipe(_T, self.method).items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
         _check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        _check(0 <= self.weight_decay < 1, "weight_decay", f"must be in [0, 1), got {self.weight_decay}")
         _check(0 < self.decay_rate < 1, "decay_rate", f"must be in (0, 1), got {self.decay_rate}")
+        _check(self.clip_threshold > 0, "clip_threshold", f"must be > 0, got {self.clip_threshold}")
+        _check(self.min_dim_size_to_factor >= 1, "min_dim_size_to_factor", "must be >= 1")
+
+    def optimizer(self) -> dict[str, Any]:
+        """The keyword arguments of softprompt.optim.T5XAdafactor."""
+        kwargs = {name: getattr(self, name) for name in OPTIMIZER_FIELDS}
+        kwargs["weight_decay_rate"] = kwargs.pop("weight_decay")
+        return kwargs
+
+
+OPTIMIZER_FIELDS = ("lr", "weight_decay", "scale_parameter", "decay_rate", "clip_threshold", "min_dim_size_to_factor")
+
+
+def optimizer_recipe(train_params: dict[str, Any], method: str) -> dict[str, Any]:
+    """The optimizer settings of `method` (prompt | model) from a params `train` section."""
+    recipes = train_params.get("optimizer") or {}
+    if method not in recipes:
+        raise SoftpromptError(f"params.yaml: train.optimizer has no {method!r} recipe; restore it from git")
+    recipe = recipes[method]
+    missing = [name for name in OPTIMIZER_FIELDS if name not in recipe]
+    if missing:
+        raise SoftpromptError(f"params.yaml: train.optimizer.{method} lacks {', '.join(missing)}")
+    return {name: recipe[name] for name in OPTIMIZER_FIELDS}
 
 
 @dataclass
@@ -145,10 +177,12 @@ class EvalConfig:
                       _E["mode"])
     batch_size: int = _help("Examples per forward pass.", _E["batch_size"])
     split: str = _help("Split to evaluate.", _E["split"])
+    shots: int = _help("Prompt design (--method design): training examples in front of the input.", _E["shots"])
 
     def __post_init__(self) -> None:
         _check(self.mode in EVAL_MODES, "eval mode", f"must be one of {', '.join(EVAL_MODES)}, got {self.mode!r}")
         _check(self.batch_size >= 1, "eval batch_size", "must be >= 1")
+        _check(isinstance(self.shots, int) and self.shots >= 0, "shots", f"must be >= 0, got {self.shots!r}")
 
 
 def from_section(cls: type, params: dict[str, Any], **overrides: Any) -> Any:
@@ -162,8 +196,12 @@ def from_section(cls: type, params: dict[str, Any], **overrides: Any) -> Any:
 def training_configs(params: dict[str, Any], prompt_length: int | None = None, init: str | None = None,
                      **train_overrides: Any) -> tuple[PromptConfig, TrainConfig, EvalConfig]:
     """The three configs `softprompt.training.train` takes, from params with non-None overrides applied."""
+    method = train_overrides.get("method") or params["train"]["method"]
+    # The profile's recipe for the chosen method, under the explicit overrides.
+    recipe = {**optimizer_recipe(params["train"], method),
+              **{k: v for k, v in train_overrides.items() if v is not None}}
     return (from_section(PromptConfig, params["prompt"], length=prompt_length, init=init),
-            from_section(TrainConfig, params["train"], **train_overrides),
+            from_section(TrainConfig, params["train"], **recipe),
             from_section(EvalConfig, params["eval"]))
 
 

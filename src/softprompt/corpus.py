@@ -1,8 +1,9 @@
 """Text corpora for LM adaptation: local .txt/.jsonl files (or a directory of them), or a streamed
-Hugging Face dataset, tokenized in batches and packed into fixed-length token segments.
+Hugging Face dataset, tokenized in batches and cut into fixed-length token segments.
 
-Nothing is materialised: texts are read lazily, tokenized a batch at a time, concatenated and cut into
-segments (T5's `reduce_concat_tokens` + `split_tokens`), so C4 streams through in constant memory.
+Nothing is materialised: texts are read lazily and tokenized a batch at a time, so C4 streams through in
+constant memory. Span corruption joins the documents and cuts the stream (T5's `reduce_concat_tokens` +
+`split_tokens`); prefix LM cuts each document on its own, so a continuation never starts in another one.
 """
 
 from __future__ import annotations
@@ -181,5 +182,22 @@ def pack(arrays: Iterable[np.ndarray], length: int, min_length: int = 1) -> Iter
 
 def segments(corpus: Corpus, tokenizer: PreTrainedTokenizerBase, length: int, min_length: int = 1) -> Iterator[
         np.ndarray]:
-    """The corpus as packed token segments of `length` tokens."""
+    """The corpus as packed token segments of `length` tokens (documents joined: span corruption)."""
     return pack(token_batches(corpus.texts(), tokenizer), length, min_length)
+
+
+def document_tokens(texts: Iterable[str], tokenizer: PreTrainedTokenizerBase,
+                    batch: int = TOKENIZE_BATCH) -> Iterator[np.ndarray]:
+    """Each text's token ids on its own (no EOS), tokenized a batch at a time."""
+    for chunk in batched(texts, batch):
+        for ids in tokenizer(chunk, add_special_tokens=False)["input_ids"]:
+            yield np.asarray(ids, dtype=np.int64)
+
+
+def document_segments(corpus: Corpus, tokenizer: PreTrainedTokenizerBase, length: int,
+                      min_length: int = 1) -> Iterator[np.ndarray]:
+    """Each document cut into segments of `length` tokens, never joined with the next (prefix LM: T5's
+    `prefix_lm` splits one document's tokens, `split_tokens`, without `reduce_concat_tokens`). A document's
+    last, shorter segment is kept if it has at least `min_length` tokens."""
+    for tokens in document_tokens(corpus.texts(), tokenizer):
+        yield from pack([tokens], length, min_length)

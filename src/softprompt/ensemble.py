@@ -17,10 +17,18 @@ import torch
 from tqdm.auto import tqdm
 
 from softprompt.errors import SoftpromptError
-from softprompt.evaluation import Encoding, label_targets, postprocess, score, sequence_log_prob
+from softprompt.evaluation import (
+    Encoding,
+    label_targets,
+    max_new_tokens,
+    postprocess,
+    score,
+    sequence_log_prob,
+    trained_encoding,
+)
 from softprompt.io import atomic_dir, write_json, write_jsonl
 from softprompt.models import Base
-from softprompt.tasks.base import Example, Task
+from softprompt.tasks.base import SCORE, Example, Task
 
 
 class PromptEnsemble(torch.nn.Module):
@@ -128,9 +136,9 @@ def ensemble_rank(ens: PromptEnsemble, encoding: Encoding, examples: Sequence[Ex
 
 def summarize(task: Task, names: Sequence[str], per_prompt: Sequence[dict[str, Any]],
               ensemble: dict[str, Any]) -> dict[str, Any]:
-    """Each prompt, the best (by the task's main metric), the average of each metric, and the ensemble."""
+    """Each prompt, the best (by the task's score), the average of each metric, and the ensemble."""
     metric_names = [k for k, v in ensemble.items() if isinstance(v, float)]
-    main = task.main_metric
+    main = SCORE
     best = max(range(len(names)), key=lambda i: per_prompt[i][main])
     average = {m: sum(r[m] for r in per_prompt) / len(per_prompt) for m in metric_names}
     return {
@@ -183,14 +191,12 @@ def run_ensemble(task_name: str, prompts: Sequence[str | Path], output: str | Pa
     examples = load_examples(task, data, split, limit=limit)
     if not examples:
         raise SoftpromptError(f"{task.name}: the {split} split is empty")
-    cfg = metas[0].get("train", {})
-    encoding = Encoding(base.tokenizer, cfg.get("max_source_length", 512), cfg.get("max_target_length", 64),
-                        bool(cfg.get("target_sentinel", False)))
+    encoding = trained_encoding(base.tokenizer, metas[0])
     ens = PromptEnsemble(base.model, vectors)
     if mode == "rank":
         votes = ensemble_rank(ens, encoding, examples, task.label_names, batch_size, progress)
     else:
-        votes = ensemble_generate(ens, encoding, examples, batch_size, task.max_target_length, progress)
+        votes = ensemble_generate(ens, encoding, examples, batch_size, max_new_tokens(task, encoding), progress)
     combined = [majority_vote([v[i] for v in votes]) for i in range(len(examples))]
     names = [str(p) for p in prompts]
     summary = summarize(task, names, [score(task, v, examples) for v in votes], score(task, combined, examples))

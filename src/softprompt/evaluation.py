@@ -19,7 +19,7 @@ from softprompt.errors import SoftpromptError
 from softprompt.io import write_json, write_jsonl
 from softprompt.models import sentinel_id
 from softprompt.plots import write_confusion
-from softprompt.tasks.base import Example, Task
+from softprompt.tasks.base import SCORE, Example, Task
 
 
 @dataclass
@@ -31,18 +31,67 @@ class Encoding:
     max_target_length: int = 64
     target_sentinel: bool = False  # "span corruption + sentinel": targets start with <extra_id_0>
     instruction: str = ""  # prompt design baseline: a discrete text instruction before the input
+    demonstrations: Sequence[Example] = ()  # prompt design with --shots K: solved examples before the input
 
     def source_ids(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        if self.demonstrations:
+            shots = " ".join(f"{d.inputs} {ANSWER} {d.targets}" for d in self.demonstrations)
+            texts = [f"{shots} {t} {ANSWER}" for t in texts]
         if self.instruction:
             texts = [f"{self.instruction} {t}" for t in texts]
-        return self.tokenizer(list(texts), max_length=self.max_source_length, truncation=True, padding=True,
-                              return_tensors="pt")
+        side = self.tokenizer.truncation_side
+        # With demonstrations a long source loses its start, never the input being answered.
+        self.tokenizer.truncation_side = "left" if self.demonstrations else side
+        try:
+            return self.tokenizer(list(texts), max_length=self.max_source_length, truncation=True, padding=True,
+                                  return_tensors="pt")
+        finally:
+            self.tokenizer.truncation_side = side
 
     def target_ids(self, text: str) -> list[int]:
         ids = self.tokenizer(text, max_length=self.max_target_length, truncation=True).input_ids
         if self.target_sentinel:
             ids = [sentinel_id(self.tokenizer), *ids]
         return ids
+
+
+ANSWER = "answer:"  # prompt design with shots: "<inputs> answer: <targets>" per demonstration
+
+
+def trained_encoding(tokenizer: PreTrainedTokenizerBase, meta: dict[str, Any]) -> Encoding:
+    """The encoding a prompt or tuned model was trained with (its softprompt.json `train` settings); what
+    the record lacks comes from params.yaml `train`."""
+    from softprompt.config import load_params
+
+    defaults = load_params()["train"]
+    cfg = {**defaults, **(meta.get("train") or {})}
+    return Encoding(tokenizer, int(cfg["max_source_length"]), int(cfg["max_target_length"]),
+                    bool(cfg["target_sentinel"]))
+
+
+def read_model_meta(model: str) -> dict[str, Any]:
+    """softprompt.json of a model-tuned checkpoint directory (`train --method model`); {} for any other model."""
+    import json
+
+    from softprompt.prompt import META_FILE
+
+    path = Path(model) / META_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise SoftpromptError(f"{path}: invalid JSON ({e.msg} at line {e.lineno}); restore it or retrain") from e
+
+
+def pick_demonstrations(examples: Sequence[Example], shots: int, seed: int) -> list[Example]:
+    """`shots` labeled training examples, the same ones for a given seed (prompt design's few-shot context)."""
+    import random
+
+    labeled = [e for e in examples if e.targets != "<unk>"]
+    if shots > len(labeled):
+        raise SoftpromptError(f"--shots {shots}: the train split has only {len(labeled)} labeled examples")
+    return random.Random(seed).sample(labeled, shots)
 
 
 def postprocess(text: str) -> str:
@@ -129,13 +178,13 @@ def max_new_tokens(task: Task, encoding: Encoding) -> int:
 
 
 def score(task: Task, predictions: Sequence[str], examples: Sequence[Example]) -> dict[str, Any]:
-    """The task's official metrics, plus a confusion matrix for classification tasks."""
+    """The task's official metrics and their mean `score`, plus a confusion matrix for classification tasks."""
     labeled = [(p, e) for p, e in zip(predictions, examples) if e.targets != "<unk>"]
     if not labeled:
         raise SoftpromptError(f"{task.name}: the split has no labels to score; evaluate a labeled split")
     preds, exs = [p for p, _ in labeled], [e for _, e in labeled]
     result: dict[str, Any] = dict(task.metrics(preds, exs))
-    result["main_metric"] = task.main_metric
+    result["main_metric"] = SCORE  # the mean of the paper's metrics: what selection and promotion compare
     result["num_examples"] = len(exs)
     if task.is_classification:
         result["confusion_matrix"] = metric_fns.confusion(preds, [e.targets for e in exs], task.label_names)
@@ -181,16 +230,24 @@ def run_evaluation(
     limit: int | None = None,
     taskless: bool | None = None,
     progress: bool = True,
+    shots: int = 0,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Evaluate on one split and write metrics JSON plus per-example predictions beside it.
 
     method=prompt: `model` (default: the prompt's recorded base) + `prompt`; method=model: a tuned
-    checkpoint given as `model`; method=design: the frozen `model` with the task's text instruction.
+    checkpoint given as `model`; method=design: the frozen `model` with the task's text instruction, zero-shot
+    or with `shots` training examples (picked by `seed`) in front of the input. A prompt or tuned checkpoint
+    is evaluated with the settings it was trained with (taskless, lengths, target sentinel).
     """
     from softprompt.models import load_base
     from softprompt.prompt import load_prompt, read_meta
     from softprompt.tasks import get_task, load_examples
 
+    if shots and method != "design":
+        raise SoftpromptError(f"--shots applies to --method design only, not --method {method}")
+    if shots < 0:
+        raise SoftpromptError(f"--shots must be >= 0, got {shots}")
     meta: dict[str, Any] = {}
     if method == "prompt":
         if prompt is None:
@@ -199,6 +256,8 @@ def run_evaluation(
         model = model or meta["base_model"]
     elif model is None:
         raise SoftpromptError(f"--model is required with --method {method}")
+    elif method == "model":
+        meta = read_model_meta(model)
     if taskless is None:
         taskless = bool(meta.get("train", {}).get("taskless", False))
     task = get_task(task_name, taskless=taskless)
@@ -207,17 +266,21 @@ def run_evaluation(
         raise SoftpromptError(f"{task.name}: the {split} split is empty")
     base = load_base(model)
     net: Any = base.model
-    train_cfg = meta.get("train", {})
-    encoding = Encoding(base.tokenizer, train_cfg.get("max_source_length", 512),
-                        train_cfg.get("max_target_length", 64), bool(train_cfg.get("target_sentinel", False)))
+    encoding = trained_encoding(base.tokenizer, meta)
     if method == "prompt":
         net, meta = load_prompt(base, prompt)
     elif method == "design":
         if not task.design_prompt:
             raise SoftpromptError(f"{task.name}: no design prompt is defined for this task")
         encoding.instruction = task.design_prompt
+        if shots:
+            encoding.demonstrations = pick_demonstrations(load_examples(task, data, "train"), shots, seed)
     result, predictions = evaluate_examples(net, encoding, task, examples, mode, batch_size, progress)
     result = {"task": task.name, "split": split, "mode": mode, "method": method, "base_model": base.name,
-              "prompt": str(prompt) if prompt else None, **result}
+              "prompt": str(prompt) if prompt else None, "taskless": taskless,
+              "max_source_length": encoding.max_source_length, "target_sentinel": encoding.target_sentinel,
+              **({"shots": shots, "shots_seed": seed, "shot_ids": [d.idx for d in encoding.demonstrations]}
+                 if method == "design" else {}),
+              **result}
     write_results(output, result, task, examples, predictions)
     return result

@@ -1,8 +1,8 @@
 """LM adaptation: continue a T5 model's pretraining (the paper's third setting), or pretrain one from scratch.
 
 Two objectives, following T5's preprocessors (t5/data/preprocessors.py):
-- prefix-lm (`prefix_lm`): a segment of `max_source_length - 1` tokens is split at a uniformly random
-  point in [1, n-1]; the input is the prefix, the target the rest; both end with EOS.
+- prefix-lm (`prefix_lm`): a segment of at most `max_source_length - 1` tokens of one document is split at a
+  uniformly random point in [1, n-1]; the input is the prefix, the target the rest; both end with EOS.
 - span-corruption (`span_corruption`): `random_spans_noise_mask` marks ~15% of a segment as noise in
   spans of mean length 3; each noise span becomes one sentinel (<extra_id_0>, <extra_id_1>, ... in order)
   in the input, and the target lists the sentinels each followed by the tokens they replaced. The segment
@@ -34,7 +34,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from softprompt import __version__
 from softprompt.config import TrainConfig, load_params
-from softprompt.corpus import Corpus, open_corpus, segments
+from softprompt.corpus import Corpus, document_segments, open_corpus, segments
 from softprompt.errors import SoftpromptError
 from softprompt.io import atomic_dir, copy_dir, write_json
 from softprompt.models import Base, load_base, sentinel_id
@@ -75,8 +75,12 @@ class LMAdaptConfig:
     grad_accumulation: int = _opt("Gradient accumulation steps.", _L.get("grad_accumulation"))
     lr: float = _opt("Adafactor learning rate (constant after warmup).", _L.get("lr"))
     warmup_steps: int = _opt("Linear warmup steps (0: none).", _L.get("warmup_steps"))
-    weight_decay: float = _opt("Adafactor weight decay.", _L.get("weight_decay"))
+    weight_decay: float = _opt("Adafactor decoupled weight decay.", _L.get("weight_decay"))
+    scale_parameter: bool = _opt("Scale Adafactor updates by the parameter's RMS.", _L.get("scale_parameter"))
     decay_rate: float = _opt("Adafactor second-moment decay exponent.", _L.get("decay_rate"))
+    clip_threshold: float = _opt("Adafactor update clipping threshold.", _L.get("clip_threshold"))
+    min_dim_size_to_factor: int = _opt("Factor the second moment only if both dims are at least this.",
+                                       _L.get("min_dim_size_to_factor"))
     max_source_length: int = _opt("Input length in tokens, EOS included.", _L.get("max_source_length"))
     max_target_length: int = _opt("Maximum target length in tokens, EOS included.", _L.get("max_target_length"))
     noise_density: float = _opt("Span corruption: fraction of tokens masked.", _L.get("noise_density"))
@@ -114,7 +118,9 @@ class LMAdaptConfig:
         """The same settings as a TrainConfig (whole-model training), for the shared Trainer helpers."""
         return TrainConfig(method="model", steps=self.steps, batch_size=self.batch_size,
                            grad_accumulation=self.grad_accumulation, lr=self.lr, weight_decay=self.weight_decay,
-                           decay_rate=self.decay_rate, eval_every=self.eval_every, seed=self.seed,
+                           scale_parameter=self.scale_parameter, decay_rate=self.decay_rate,
+                           clip_threshold=self.clip_threshold, min_dim_size_to_factor=self.min_dim_size_to_factor,
+                           eval_every=self.eval_every, seed=self.seed,
                            max_source_length=self.max_source_length, max_target_length=self.max_target_length)
 
     def recipe(self) -> dict[str, Any]:
@@ -222,6 +228,7 @@ class Objective:
     segment_length: int
     target_length: int
     build: Callable[[np.ndarray, np.random.Generator], Row]
+    joins_documents: bool = True  # segments cut from the joined stream (span corruption), or per document
 
 
 def make_objective(cfg: LMAdaptConfig, tokenizer: PreTrainedTokenizerBase) -> Objective:
@@ -231,7 +238,8 @@ def make_objective(cfg: LMAdaptConfig, tokenizer: PreTrainedTokenizerBase) -> Ob
     if cfg.objective == "prefix-lm":
         segment = cfg.max_source_length - 1  # T5's split_tokens_to_inputs_length: room for EOS
         return Objective(cfg.objective, segment, min(cfg.max_target_length, segment),
-                         lambda t, rng: prefix_lm_example(t, rng, eos, cfg.max_target_length))
+                         lambda t, rng: prefix_lm_example(t, rng, eos, cfg.max_target_length),
+                         joins_documents=False)
     segment, targets = span_corruption_lengths(cfg.max_source_length, cfg.noise_density, cfg.mean_noise_span_length)
     if targets > cfg.max_target_length:
         raise SoftpromptError(f"max_target_length: span corruption of {cfg.max_source_length}-token inputs makes "
@@ -277,7 +285,8 @@ class LMDataset(torch.utils.data.IterableDataset):
         self.epoch = epoch
 
     def examples(self, epoch: int) -> Iterator[Row]:
-        segs = segments(self.corpus, self.tokenizer, self.objective.segment_length, min_length=2)
+        cut = segments if self.objective.joins_documents else document_segments
+        segs = cut(self.corpus, self.tokenizer, self.objective.segment_length, min_length=2)
         for i, seg in enumerate(segs):
             if i >= self.skip:
                 yield self.objective.build(seg, example_rng(self.seed, epoch, i))

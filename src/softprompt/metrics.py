@@ -116,8 +116,9 @@ WSC_DETERMINERS = frozenset({"a", "an", "few", "her", "his", "each", "every", "m
                              "that", "the", "their", "these", "this", "those", "which", "whose", "your"})
 
 
-def wsc_referent_match(prediction: str, referent: str) -> bool:
-    """T5's `postprocessors.wsc_simple`: did the model name the candidate referent?
+def wsc_simple(prediction: str, referent: str) -> int:
+    """T5's `postprocessors.wsc_simple`: 1 if the model named the candidate referent, 0 if it named something
+    else, -1 if its output is empty once determiners are removed (-1 then equals no label: wrong on every row).
 
     Case and determiners are ignored; "fuzzy bunny" matches "bunny" (either word set contains the other),
     but "Bob" does not match "Bob's hat" (a possessive on one side only).
@@ -127,10 +128,17 @@ def wsc_referent_match(prediction: str, referent: str) -> bool:
         return " ".join(w for w in s.strip().lower().split(" ") if w not in WSC_DETERMINERS)
 
     pred, ref = clean(prediction), clean(referent)
+    if not pred:
+        return -1
     if ("'" in pred) != ("'" in ref):
-        return False
+        return 0
     pred_words, ref_words = set(pred.split(" ")), set(ref.split(" "))
-    return pred_words <= ref_words or ref_words <= pred_words
+    return int(pred_words <= ref_words or ref_words <= pred_words)
+
+
+def wsc_referent_match(prediction: str, referent: str) -> bool:
+    """Did the model name the candidate referent (`wsc_simple` == 1)?"""
+    return wsc_simple(prediction, referent) == 1
 
 
 # The official metrics of each SuperGLUE task; a task's score is their mean, the benchmark score the mean of those.

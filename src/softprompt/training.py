@@ -8,17 +8,19 @@ prompt atomically with its lineage.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import logging
 import math
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback, Trainer, TrainingArguments
-from transformers.optimization import Adafactor
 from transformers.trainer_utils import get_last_checkpoint
 
 from softprompt import __version__
@@ -27,11 +29,14 @@ from softprompt.errors import SoftpromptError
 from softprompt.evaluation import Encoding, evaluate_examples
 from softprompt.io import atomic_dir, file_md5, write_json
 from softprompt.models import Base, load_base, trainable_parameters
+from softprompt.optim import T5XAdafactor
 from softprompt.prompt import META_FILE, attach_prompt, save_prompt
 from softprompt.tasks import Example, Task, get_task, load_examples
+from softprompt.tasks.base import SCORE
 from softprompt.tasks.loading import find_split_file
 
 log = logging.getLogger(__name__)
+RUN_FILE = "run.json"  # in each run's checkpoint directory: the identity that run was keyed by
 
 
 class ExampleDataset(torch.utils.data.Dataset):
@@ -54,7 +59,7 @@ class ScoringTrainer(Trainer):
     """A Trainer whose evaluation is the task's metric on generated labels, not the eval loss.
 
     Overriding `evaluate` is the Trainer's extension point: best-checkpoint tracking and early stopping
-    then work on the task's main metric.
+    then work on the task's score (the mean of the paper's metrics, `Task.metrics`).
     """
 
     def __init__(self, *args: Any, score_fn: Any, **kwargs: Any):
@@ -86,11 +91,21 @@ def data_version(task: Task, data_dir: str | Path | None) -> dict[str, Any]:
     return {"source": str(data_dir), "files": files}
 
 
+def usable_prompt_config(task: Task, prompt_cfg: PromptConfig) -> PromptConfig:
+    """`prompt_cfg`, except that class-label init on a task without class labels (WSC, ReCoRD, SQuAD, MRQA)
+    falls back to sampled-vocab, as the paper does, with a one-line note."""
+    if prompt_cfg.init != "class-label" or task.label_names:
+        return prompt_cfg
+    log.warning("note: %s has no class labels; class-label init falls back to sampled-vocab (as the paper does)",
+                task.name)
+    return replace(prompt_cfg, init="sampled-vocab")
+
+
 def build_model(base: Base, task: Task, method: str, prompt_cfg: PromptConfig, seed: int):
+    """The model to train: the base with a fresh soft prompt (`prompt_cfg` as `usable_prompt_config` gives
+    it), or for method=model the whole base model, unfrozen."""
     if method == "prompt":
         labels = task.label_names if prompt_cfg.init == "class-label" else None
-        if prompt_cfg.init == "class-label" and labels is None:
-            raise SoftpromptError(f"{task.name} has no class labels; use --init sampled-vocab or random")
         return attach_prompt(base, prompt_cfg, labels, seed)
     for p in base.model.parameters():
         p.requires_grad_(True)
@@ -108,7 +123,6 @@ def training_arguments(cfg: TrainConfig, checkpoint_dir: Path, has_eval: bool, m
         gradient_accumulation_steps=cfg.grad_accumulation,
         learning_rate=cfg.lr,
         lr_scheduler_type="constant",  # paper: constant learning rate
-        weight_decay=cfg.weight_decay,
         max_grad_norm=0.0,  # Adafactor clips its updates itself (clip_threshold=1.0); no gradient clipping
         eval_strategy="steps" if has_eval else "no",
         eval_steps=eval_steps,
@@ -131,9 +145,9 @@ def training_arguments(cfg: TrainConfig, checkpoint_dir: Path, has_eval: bool, m
 
 
 def adafactor(cfg: TrainConfig) -> tuple[type, dict[str, Any]]:
-    """The paper's optimizer: Adafactor, fixed learning rate, no parameter scaling, decay rate 0.8."""
-    return Adafactor, {"lr": cfg.lr, "scale_parameter": False, "relative_step": False, "warmup_init": False,
-                       "decay_rate": -cfg.decay_rate, "clip_threshold": 1.0}
+    """The optimizer for the Trainer: Adafactor with T5X's semantics and the config's recipe (params.yaml
+    `train.optimizer.<method>`, or `lm_adapt` for LM adaptation)."""
+    return T5XAdafactor, cfg.optimizer()
 
 
 def train(
@@ -153,15 +167,18 @@ def train(
 ) -> dict[str, Any]:
     """Train and write a prompt (or, with method=model, a full checkpoint) to `output`.
 
-    Checkpoints go to `checkpoint_dir` (default `<output>.checkpoints`); an interrupted run resumes
-    from the last one. Returns the metadata written to softprompt.json.
+    Checkpoints go to `<checkpoint_dir>/<run key>` (default `<output>.checkpoints/<run key>`); an interrupted
+    run resumes from the last one of the same run only (`run_identity`). Returns the metadata written to
+    softprompt.json.
     """
     prompt_cfg = prompt_cfg or PromptConfig()
     cfg = train_cfg or TrainConfig()
     eval_cfg = eval_cfg or EvalConfig()
     task = get_task(task_name, taskless=cfg.taskless)
     output = Path(output)
-    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else output.with_name(output.name + ".checkpoints")
+    checkpoint_root = Path(checkpoint_dir) if checkpoint_dir else output.with_name(output.name + ".checkpoints")
+    if cfg.method == "prompt":
+        prompt_cfg = usable_prompt_config(task, prompt_cfg)
 
     train_examples = [e for e in load_examples(task, data_dir, "train") if e.targets != "<unk>"]
     if not train_examples:
@@ -175,6 +192,8 @@ def train(
         val_examples = []
 
     base = load_base(model_spec)
+    identity = run_identity(task, cfg, prompt_cfg, base, data_dir)
+    checkpoint_dir = run_checkpoint_dir(checkpoint_root, identity)
     model = build_model(base, task, cfg.method, prompt_cfg, cfg.seed)
     encoding = Encoding(base.tokenizer, cfg.max_source_length, cfg.max_target_length, cfg.target_sentinel)
 
@@ -182,7 +201,7 @@ def train(
         result, _ = evaluate_examples(m, encoding, task, val_examples, eval_cfg.mode, eval_cfg.batch_size)
         return result
 
-    args = training_arguments(cfg, checkpoint_dir, bool(val_examples), task.main_metric, progress)
+    args = training_arguments(cfg, checkpoint_dir, bool(val_examples), SCORE, progress)
     callbacks = list(callbacks or [])
     if cfg.early_stopping_patience and val_examples:
         callbacks.append(EarlyStoppingCallback(cfg.early_stopping_patience))
@@ -211,6 +230,7 @@ def train(
         "base_fingerprint": base.fingerprint,
         "prompt_length": prompt_cfg.length if cfg.method == "prompt" else 0,
         "init": prompt_cfg.init if cfg.method == "prompt" else None,
+        "run_key": checkpoint_dir.name,
         "train": asdict(cfg),
         "trainable_parameters": trainable_parameters(trainer.model),
         "steps_trained": trainer.state.global_step,
@@ -227,7 +247,60 @@ def train(
         save_full_model(trainer.model, base, output, meta)
     if not keep_checkpoints:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            checkpoint_root.rmdir()  # unless another run's checkpoints are still in it
     return meta
+
+
+def run_identity(task: Task, cfg: TrainConfig, prompt_cfg: PromptConfig, base: Base,
+                 data_dir: str | Path | None) -> dict[str, Any]:
+    """What defines a training run: a checkpoint is resumed only by a run with the same identity. Settings
+    that do not change what a step computes (steps, eval_every, patience) may differ on resume."""
+    is_prompt = cfg.method == "prompt"
+    return {
+        "task": task.name, "method": cfg.method, "base_fingerprint": base.fingerprint,
+        "data": data_version(task, data_dir),
+        "prompt_length": prompt_cfg.length if is_prompt else None, "init": prompt_cfg.init if is_prompt else None,
+        "seed": cfg.seed, "optimizer": cfg.optimizer(),
+        **{k: getattr(cfg, k) for k in ("batch_size", "grad_accumulation", "max_source_length", "max_target_length",
+                                        "taskless", "target_sentinel")},
+    }
+
+
+def run_key(identity: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_checkpoint_dir(root: Path, identity: dict[str, Any]) -> Path:
+    """`root/<run key>`, recording the identity there. Checkpoints of any other run in `root` are left alone
+    (never resumed, never deleted), with a one-line note saying what differs."""
+    directory = root / run_key(identity)
+    if not (directory / RUN_FILE).is_file() and root.is_dir():
+        others = sorted((d for d in root.iterdir() if (d / RUN_FILE).is_file()), key=lambda d: d.stat().st_mtime)
+        if others:
+            why = identity_difference(json.loads((others[-1] / RUN_FILE).read_text(encoding="utf-8")), identity)
+            log.warning("note: %s holds checkpoints of another run (%s); not resuming them, starting fresh in %s",
+                        root, why, directory)
+        elif any(root.glob("checkpoint-*")):
+            log.warning("note: %s holds checkpoints without a run record (an older softprompt); not resuming "
+                        "them, starting fresh in %s", root, directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    write_json(directory / RUN_FILE, identity)
+    return directory
+
+
+def identity_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """`seed 42 -> 43, optimizer.lr 0.3 -> 0.1`: the settings that differ between two run identities."""
+
+    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    a, b = flat(old), flat(new)
+    changed = [f"{k} {a.get(k)} -> {b.get(k)}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    return ", ".join(changed) or "a different run key"
 
 
 def save_full_model(model: Any, base: Base, output: Path, meta: dict[str, Any]) -> None:

@@ -30,7 +30,7 @@ from softprompt.config import load_params
 from softprompt.errors import SoftpromptError
 from softprompt.io import atomic_dir, file_md5, write_json
 from softprompt.tasks.base import SPLITS, Task, get_task
-from softprompt.tasks.loading import find_split_file, load_rows
+from softprompt.tasks.loading import RowFieldError, find_split_file, load_rows
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -46,6 +46,9 @@ DOCS_DIR = "data_docs"
 MANIFEST = "validated.json"
 TRAIN_INPUTS = "train_input_keys"  # suite parameter: the train split's input keys (leakage check)
 # Python type names each task field type may hold (GX's expect_column_values_to_be_in_type_list).
+# NUL and the other C0/C1 control characters (tab, newline and carriage return are text): no task's text has
+# them, and a tokenizer would silently drop or mangle them.
+CONTROL_CHARS = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]"
 TYPE_NAMES = {"str": ["str"], "int": ["int"], "bool": ["bool"], "float": ["float", "int"],
               "label": ["str", "int", "bool"], "dict": ["dict"], "list": ["list"]}
 _V = load_params().get("validate", {})
@@ -217,6 +220,8 @@ def read_split(task: Task, data_dir: Path, split: str, required: bool) -> SplitD
         # The training loader must accept the file too: if it disagrees with the scan, that is a problem.
         try:
             load_rows(task, data_dir, split)
+        except RowFieldError:
+            pass  # a null or mistyped field: the suite's not_null / type expectations name every such row
         except SoftpromptError as e:
             data.problems.append(_problem(None, str(e)))
     return data
@@ -330,6 +335,8 @@ def _text_checks(task: Task, columns: list[str], cfg: ValidateConfig, add: Any, 
         if cfg.min_text_chars > 0:  # min_text_chars 0 lets empty text through (MultiRC has empty answers)
             add("text_not_blank", f"{name!r} is not empty or only whitespace",
                 gxe.ExpectColumnValuesToMatchRegex(column=name, regex=r"\S"))
+        add("text_control_chars", f"{name!r} has no NUL or other control characters",
+            gxe.ExpectColumnValuesToNotMatchRegex(column=name, regex=CONTROL_CHARS))
         add("text_length", f"{name!r} has {cfg.min_text_chars} to {cfg.max_text_chars} characters",
             gxe.ExpectColumnValueLengthsToBeBetween(column=name, min_value=cfg.min_text_chars,
                                                     max_value=cfg.max_text_chars))

@@ -14,6 +14,9 @@ from softprompt.errors import SoftpromptError
 
 SPLITS = ("train", "validation", "test")
 UNK_TARGET = "<unk>"  # T5's target for an unlabeled row (label == -1)
+# The task's score: the mean of its paper metrics (`Task.score_metrics`). Checkpoint selection during
+# training, the best prompt of an ensemble or pipeline run and the registry's promotion gate all use it.
+SCORE = "score"
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,7 @@ class Task:
     fields: dict[str, str]
     formatter: Formatter
     metric_fn: MetricFn
-    main_metric: str
+    main_metric: str  # the headline metric; with score_metrics unset, the score is this metric alone
     label_names: tuple[str, ...] | None = None  # label strings, in the dataset's class-id order
     files: dict[str, tuple[str, ...]] = field(default_factory=dict)  # split -> candidate local file names
     hub: tuple[str, str | None] | None = None  # (dataset path, config name) for `datasets.load_dataset`
@@ -62,6 +65,8 @@ class Task:
     train_filter: Callable[[dict[str, Any]], bool] | None = None  # rows kept for training (WSC: true only)
     group_key: str | None = None  # Example.meta key grouping expanded rows (MultiRC question, ReCoRD query)
     csv_columns: tuple[str, ...] = ()  # column names of header-less .csv split files (AG News's layout)
+    # The metrics the paper averages into the task's score (CB: F1 and accuracy); () = main_metric alone.
+    score_metrics: tuple[str, ...] = ()
 
     @property
     def is_classification(self) -> bool:
@@ -99,7 +104,16 @@ class Task:
         return " ".join(parts)
 
     def metrics(self, predictions: Sequence[str], examples: Sequence[Example]) -> dict[str, float]:
-        return self.metric_fn(predictions, examples)
+        """The task's metrics plus `score`, the mean of `score_metrics` (what the paper selects on)."""
+        result = dict(self.metric_fn(predictions, examples))
+        names = self.score_metrics or (self.main_metric,)
+        result[SCORE] = sum(result[n] for n in names) / len(names)
+        return result
+
+    @property
+    def score_description(self) -> str:
+        names = self.score_metrics or (self.main_metric,)
+        return names[0] if len(names) == 1 else f"mean({', '.join(names)})"
 
 
 TASKS: dict[str, Task] = {}

@@ -14,6 +14,7 @@ from softprompt.tasks.base import Example, Task, glue_formatter, register
 
 GLUE_FILES = {"train": ("train.tsv",), "validation": ("dev.tsv",), "test": ("test.tsv",)}
 HUB = "nyu-mll/glue"
+PAPER_SCORE = ("f1", "accuracy")  # the paper averages F1 and accuracy for MRPC and QQP
 
 
 def paraphrase_metric(positive: str, negative: str):
@@ -50,6 +51,7 @@ def qqp_row(row: dict[str, Any], _: int) -> list[dict[str, Any]]:
 
 MRPC = register(Task(
     name="mrpc",
+    score_metrics=PAPER_SCORE,
     description="GLUE MRPC: are the two sentences paraphrases (equivalent)?",
     fields={"sentence1": "str", "sentence2": "str", "label": "label", "idx": "int"},
     formatter=glue_formatter(("sentence1", "sentence2")),
@@ -66,6 +68,7 @@ MRPC = register(Task(
 
 QQP = register(Task(
     name="qqp",
+    score_metrics=PAPER_SCORE,
     description="GLUE QQP: are the two Quora questions duplicates?",
     fields={"question1": "str", "question2": "str", "label": "label", "idx": "int"},
     formatter=glue_formatter(("question1", "question2")),

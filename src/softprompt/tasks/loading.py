@@ -31,8 +31,36 @@ def find_split_file(task: Task, data_dir: str | Path, split: str) -> Path:
     raise SoftpromptError(f"{data_dir}: missing the {split} split of {task.name} (expected {expected})")
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Rows of a .jsonl or .jsonl.gz file; blank lines are skipped."""
+Line = tuple[int, dict[str, Any]]  # a row and its line in the file (its row number for the Hub)
+
+
+class RowFieldError(SoftpromptError):
+    """A row whose field is null or of the wrong type: what `softprompt validate`'s not_null/type checks name."""
+
+
+# Python types each `Task.fields` kind accepts (validation's TYPE_NAMES, as types); labels are checked by
+# Task.label_text, which knows the label strings.
+FIELD_TYPES: dict[str, tuple[type, ...]] = {"str": (str,), "int": (int,), "bool": (bool,), "float": (float, int),
+                                            "dict": (dict,), "list": (list,)}
+
+
+def field_problem(task: Task, row: dict[str, Any]) -> str | None:
+    """What is wrong with a normalised row's fields, named as validation names it, or None. A missing field is
+    left to the formatter (which names it); a null or mistyped one would be formatted as text ("None", "['a']")."""
+    for name, kind in task.fields.items():
+        if kind == "label" or name not in row:
+            continue
+        value = row[name]
+        if value is None:
+            return f"not_null ({name}): the field is null, expected {kind}"
+        types = FIELD_TYPES.get(kind, ())
+        if types and (not isinstance(value, types) or (isinstance(value, bool) and bool not in types)):
+            return f"type ({name}): a {type(value).__name__}, expected {kind}"
+    return None
+
+
+def read_jsonl(path: Path) -> list[Line]:
+    """(line, row) of each row of a .jsonl or .jsonl.gz file; blank lines are skipped."""
     opener = gzip.open if path.suffix == ".gz" else open
     rows = []
     try:
@@ -46,7 +74,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
                     raise SoftpromptError(f"{path}:{lineno}: invalid JSON ({e.msg}); fix or remove that line") from e
                 if not isinstance(row, dict):
                     raise SoftpromptError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-                rows.append(row)
+                rows.append((lineno, row))
     except UnicodeDecodeError as e:
         raise SoftpromptError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); re-encode it as UTF-8") from e
     except (EOFError, gzip.BadGzipFile, OSError) as e:
@@ -54,8 +82,8 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def read_tsv(path: Path) -> list[dict[str, Any]]:
-    """Rows of a GLUE tsv with a header line (quotes are literal text in GLUE files)."""
+def read_tsv(path: Path) -> list[Line]:
+    """(line, row) of each row of a GLUE tsv with a header line (quotes are literal text in GLUE files)."""
     try:
         with path.open(encoding="utf-8-sig", newline="") as f:
             reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
@@ -66,13 +94,13 @@ def read_tsv(path: Path) -> list[dict[str, Any]]:
             for lineno, values in enumerate(reader, 2):
                 if len(values) != len(header):
                     raise SoftpromptError(f"{path}:{lineno}: {len(values)} columns, header has {len(header)}")
-                rows.append(dict(zip(header, values)))
+                rows.append((lineno, dict(zip(header, values))))
     except UnicodeDecodeError as e:
         raise SoftpromptError(f"{path}: not UTF-8 text ({e.reason}); re-encode it as UTF-8") from e
     return rows
 
 
-def read_csv(path: Path, columns: tuple[str, ...]) -> list[dict[str, Any]]:
+def read_csv(path: Path, columns: tuple[str, ...]) -> list[Line]:
     """Rows of a header-less, quoted .csv whose columns are `columns` (AG News's official layout)."""
     if not columns:
         raise SoftpromptError(f"{path}: this task's files are not .csv; use the official format")
@@ -83,7 +111,7 @@ def read_csv(path: Path, columns: tuple[str, ...]) -> list[dict[str, Any]]:
                 if len(values) != len(columns):
                     raise SoftpromptError(f"{path}:{lineno}: {len(values)} columns, expected {len(columns)} "
                                           f"({', '.join(columns)})")
-                rows.append(dict(zip(columns, values)))
+                rows.append((lineno, dict(zip(columns, values))))
     except UnicodeDecodeError as e:
         raise SoftpromptError(f"{path}: not UTF-8 text ({e.reason}); re-encode it as UTF-8") from e
     except csv.Error as e:
@@ -91,7 +119,7 @@ def read_csv(path: Path, columns: tuple[str, ...]) -> list[dict[str, Any]]:
     return rows
 
 
-def read_file(path: Path, csv_columns: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+def read_file(path: Path, csv_columns: tuple[str, ...] = ()) -> list[Line]:
     if path.name.endswith((".jsonl", ".jsonl.gz", ".json")):
         return read_jsonl(path)
     if path.suffix == ".tsv":
@@ -105,25 +133,35 @@ def load_rows(task: Task, data_dir: str | Path | None, split: str) -> list[dict[
     """Raw rows of one split in the Hub schema (`task.fields`), from `data_dir` or (when None) the Hub."""
     if data_dir is not None:
         path = find_split_file(task, data_dir, split)
-        return normalize_rows(task, read_file(path, task.csv_columns), str(path))
-    return normalize_rows(task, load_hub_rows(task, split), f"{task.name} {split} (Hub)")
+        return checked_rows(task, read_file(path, task.csv_columns), str(path))
+    return checked_rows(task, list(enumerate(load_hub_rows(task, split), 1)), f"{task.name} {split} (Hub)")
 
 
-def normalize_rows(task: Task, rows: list[dict[str, Any]], where: str) -> list[dict[str, Any]]:
-    """Apply the task's row normaliser (official local layout -> Hub schema), naming the bad row on error."""
-    if task.normalize_row is None:
-        return rows
+def checked_rows(task: Task, lines: list[Line], where: str) -> list[dict[str, Any]]:
+    """Normalise each row (official local layout -> Hub schema) and refuse one with a null or mistyped field,
+    naming the file, line and field as validation does."""
     out: list[dict[str, Any]] = []
-    for i, row in enumerate(rows):
-        try:
-            out.extend(task.normalize_row(row, i))
-        except KeyError as e:
-            raise SoftpromptError(f"{where}: row {i + 1} has no field {e}; expected the official "
-                                  f"{task.name} layout") from e
-        except (TypeError, ValueError, AttributeError) as e:
-            raise SoftpromptError(f"{where}: row {i + 1} is malformed ({e}); expected the official "
-                                  f"{task.name} layout") from e
+    for i, (line, raw) in enumerate(lines):
+        for row in normalize_row(task, raw, i, where):
+            if problem := field_problem(task, row):
+                raise RowFieldError(f"{where}:{line}: {problem}; fix that row (`softprompt validate` lists "
+                                    "every such row)")
+            out.append(row)
     return out
+
+
+def normalize_row(task: Task, row: dict[str, Any], i: int, where: str) -> list[dict[str, Any]]:
+    """Apply the task's row normaliser to the i-th row, naming the bad row on error."""
+    if task.normalize_row is None:
+        return [row]
+    try:
+        return task.normalize_row(row, i)
+    except KeyError as e:
+        raise SoftpromptError(f"{where}: row {i + 1} has no field {e}; expected the official "
+                              f"{task.name} layout") from e
+    except (TypeError, ValueError, AttributeError) as e:
+        raise SoftpromptError(f"{where}: row {i + 1} is malformed ({e}); expected the official "
+                              f"{task.name} layout") from e
 
 
 def load_hub_rows(task: Task, split: str) -> list[dict[str, Any]]:

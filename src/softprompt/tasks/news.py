@@ -58,7 +58,7 @@ def split_file(source: str | Path, output: str | Path, validation_rows: int, see
     source = Path(source)
     if not source.is_file():
         raise SoftpromptError(f"{source}: no such file; pass the AG News CSV (class,title,description)")
-    rows = [[r[c] for c in COLUMNS] for r in read_csv(source, COLUMNS)]
+    rows = [[r[c] for c in COLUMNS] for _, r in read_csv(source, COLUMNS)]
     if not 0 < validation_rows < len(rows):
         raise SoftpromptError(f"--validation-rows: must be between 1 and {len(rows) - 1} for {source} "
                               f"({len(rows)} rows), got {validation_rows}")

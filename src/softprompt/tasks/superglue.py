@@ -52,11 +52,12 @@ def record_metric(predictions: Sequence[str], examples: Sequence[Example]) -> di
 
 
 def wsc_metric(predictions: Sequence[str], examples: Sequence[Example]) -> dict[str, float]:
-    """Accuracy of "did the model name the candidate" against whether the candidate is the referent."""
+    """Accuracy of T5's `wsc_simple` output (1 named the candidate, 0 named another, -1 empty) against the
+    label (is the candidate the referent): an empty answer is wrong on every row."""
     pairs = [(p, e) for p, e in zip(predictions, examples) if e.meta.get("label") is not None]
     if not pairs:
         raise SoftpromptError("wsc: no labeled rows to score; evaluate the validation split")
-    hits = [metrics.wsc_referent_match(p, e.targets) == bool(e.meta["label"]) for p, e in pairs]
+    hits = [metrics.wsc_simple(p, e.targets) == int(e.meta["label"]) for p, e in pairs]
     return {"accuracy": 100.0 * sum(hits) / len(hits)}
 
 
@@ -212,6 +213,7 @@ BOOLQ = register(Task(
 
 CB = register(Task(
     name="cb",
+    score_metrics=metrics.SUPERGLUE_METRICS["cb"],
     description="SuperGLUE CommitmentBank: does the premise entail, contradict or neither the hypothesis?",
     fields={"premise": "str", "hypothesis": "str", "idx": "int", "label": "label"},
     formatter=glue_formatter(sorted_features("premise", "hypothesis")),
@@ -244,6 +246,7 @@ COPA = register(Task(
 
 MULTIRC = register(Task(
     name="multirc",
+    score_metrics=metrics.SUPERGLUE_METRICS["multirc"],
     description="SuperGLUE MultiRC: is this answer to a question about the paragraph true? (one row per answer)",
     fields={"paragraph": "str", "question": "str", "answer": "str", "idx": "dict", "label": "label"},
     formatter=multirc_formatter,
@@ -261,6 +264,7 @@ MULTIRC = register(Task(
 
 RECORD = register(Task(
     name="record",
+    score_metrics=metrics.SUPERGLUE_METRICS["record"],
     description="SuperGLUE ReCoRD: which entity fills @placeholder in the query? (one row per answer)",
     fields={"passage": "str", "query": "str", "entities": "list", "answers": "list", "idx": "dict"},
     formatter=record_formatter,
