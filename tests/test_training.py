@@ -164,3 +164,21 @@ def test_evaluating_a_model_tuned_checkpoint_uses_its_training_settings(rte_dir,
     assert (result["taskless"], result["max_source_length"], result["target_sentinel"]) == (True, 40, True)
     rows = [json.loads(x) for x in (tmp_path / "eval.predictions.jsonl").read_text().splitlines()]
     assert rows[0]["inputs"].startswith("hypothesis:")  # no "rte " prefix: trained taskless
+
+
+def test_reported_metrics_are_those_of_the_saved_prompt_scored_once(rte_dir, tmp_path, monkeypatch):
+    """The final metrics reuse the best checkpoint's evaluation instead of scoring it again, and they are
+    exactly what evaluating the saved prompt gives."""
+    import softprompt.training as training
+    from softprompt.evaluation import run_evaluation
+
+    calls = []
+    real = training.evaluate_examples
+    monkeypatch.setattr(training, "evaluate_examples", lambda *a, **k: calls.append(1) or real(*a, **k))
+    meta = train("rte", "tiny", rte_dir, tmp_path / "p", PromptConfig(length=4), small_cfg(steps=8, eval_every=4),
+                 progress=False)
+    assert len(calls) == 2  # steps 4 and 8; none after training
+    again = run_evaluation("rte", tmp_path / "m.json", prompt=tmp_path / "p", data=rte_dir, mode="generate",
+                           progress=False)
+    reported = meta["metrics"]["validation"]
+    assert reported["accuracy"] == again["accuracy"] and reported["confusion_matrix"] == again["confusion_matrix"]

@@ -65,13 +65,15 @@ class ScoringTrainer(Trainer):
     def __init__(self, *args: Any, score_fn: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.score_fn = score_fn
+        self.results_by_step: dict[int, dict[str, Any]] = {}  # every evaluation's full result, by global step
         # T5's forward accepts **kwargs but its loss is a per-batch mean that ignores num_items_in_batch, so
         # the Trainer must scale the loss for gradient accumulation itself.
         self.model_accepts_loss_kwargs = False
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        result = self.score_fn(self.model)
-        result = {f"{metric_key_prefix}_{k}": float(v) for k, v in result.items() if isinstance(v, int | float)}
+        full = self.score_fn(self.model)
+        self.results_by_step[self.state.global_step] = full
+        result = {f"{metric_key_prefix}_{k}": float(v) for k, v in full.items() if isinstance(v, int | float)}
         self.log(result)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, result)
         return result
@@ -220,7 +222,7 @@ def train(
         log.info("resuming from %s", last)
     started = time.time()
     trainer.train(resume_from_checkpoint=last)
-    metrics = score_fn(trainer.model) if val_examples else {}
+    metrics = final_metrics(trainer, score_fn) if val_examples else {}
 
     meta = {
         "softprompt_version": __version__,
@@ -301,6 +303,15 @@ def identity_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
     a, b = flat(old), flat(new)
     changed = [f"{k} {a.get(k)} -> {b.get(k)}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
     return ", ".join(changed) or "a different run key"
+
+
+def final_metrics(trainer: ScoringTrainer, score_fn: Any) -> dict[str, Any]:
+    """The validation result of the weights training ends with: the best checkpoint's, which the Trainer has
+    loaded back and already scored at that step (not scored a second time: a generate pass over the whole
+    validation split), or a fresh score when no evaluation matches (e.g. a resumed run)."""
+    best = trainer.state.best_model_checkpoint
+    step = int(best.rsplit("-", 1)[1]) if best else trainer.state.global_step
+    return trainer.results_by_step.get(step) or score_fn(trainer.model)
 
 
 def save_full_model(model: Any, base: Base, output: Path, meta: dict[str, Any]) -> None:
