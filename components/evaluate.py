@@ -8,16 +8,19 @@ from components import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def evaluate_prompts(task: str, data: Input[Dataset], prompts: Input[list[Model]], mode: str, split: str,
+def evaluate_prompts(task: str, data: str, data_fingerprint: str, prompts: Input[list[Model]], mode: str, split: str,
                      metrics: Output[Metrics], confusion: Output[ClassificationMetrics], best_prompt: Output[Model],
                      evaluation: Output[Dataset]) -> float:
-    """Evaluate the prompts on `split`; returns the best prompt's main metric (the promotion gate's input)."""
+    """Evaluate the prompts on `split` of the validated data at `data` (content-addressed, checked against
+    `data_fingerprint`); returns the best prompt's main metric (the promotion gate's input)."""
     import os
+    import tempfile
 
     from softprompt.io import copy_dir
-    from softprompt.pipeline_steps import evaluate_step
+    from softprompt.pipeline_steps import evaluate_step, fetch_validated
 
-    result = evaluate_step(task, data.path, [p.path for p in prompts], evaluation.path, mode=mode, split=split)
+    local = fetch_validated(data, data_fingerprint, tempfile.mkdtemp())
+    result = evaluate_step(task, local, [p.path for p in prompts], evaluation.path, mode=mode, split=split)
     main = result["main_metric"]
     for key, value in result.items():
         if isinstance(value, int | float) and not isinstance(value, bool):
@@ -30,6 +33,6 @@ def evaluate_prompts(task: str, data: Input[Dataset], prompts: Input[list[Model]
         cm = result["confusion_matrix"]
         confusion.log_confusion_matrix(cm["labels"], cm["matrix"])
     copy_dir(result["prompt_dir"], best_prompt.path)
-    best_prompt.metadata.update({"task": task, main: result[main], "metrics_file":
-                                 os.path.join(evaluation.path, "metrics.json")})
+    best_prompt.metadata.update({"task": task, main: result[main], "data_fingerprint": data_fingerprint,
+                                 "metrics_file": os.path.join(evaluation.path, "metrics.json")})
     return float(result[main])
