@@ -133,6 +133,29 @@ def watching_cache() -> Any:
         logger.setLevel(level)
 
 
+def keep_upstream_parameters_in_loops() -> None:
+    """Work around a kfp.local (2.17) bug: when it expands a dsl.ParallelFor it replaces *every* input the loop
+    takes from an upstream task's output parameter with the loop item, so train-prompt would get the seed as
+    its data location and fingerprint. A cluster passes them through; this makes kfp.local do the same by
+    restoring those inputs (all but the iterated list itself) after kfp.local builds each iteration."""
+    from kfp.local.orchestrator import task_spec_utils
+
+    original = task_spec_utils.create_parameter_loop_iteration_task_spec
+    if getattr(original, "keeps_upstream_parameters", False):
+        return
+
+    def iteration_spec(loop_spec: Any, loop_item: Any, loop_task_name: str) -> Any:
+        spec = original(loop_spec, loop_item, loop_task_name)
+        iterated = loop_spec.parameter_iterator.items.input_parameter
+        for name, given in loop_spec.inputs.parameters.items():
+            if given.HasField("task_output_parameter") and name != iterated:
+                spec.inputs.parameters[name].CopyFrom(given)
+        return spec
+
+    iteration_spec.keeps_upstream_parameters = True  # type: ignore[attr-defined]
+    task_spec_utils.create_parameter_loop_iteration_task_spec = iteration_spec
+
+
 def run_local(values: dict[str, Any], profile: str | None, caching: bool = True) -> dict[str, Any]:
     from kfp import local
 
@@ -147,6 +170,7 @@ def run_local(values: dict[str, Any], profile: str | None, caching: bool = True)
     # artifacts' names and URIs, as a cluster's does; the steps' own caching options apply.
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True,
                enable_caching=caching)
+    keep_upstream_parameters_in_loops()
     before = set(root.iterdir())
     started = time.time()
     try:
