@@ -293,7 +293,10 @@ def submit(values: dict[str, Any], profile: str | None, spec: Path, caching: boo
     compile_spec(profile, spec)
     run = kfp_client.create_run_from_pipeline_package(
         str(spec), arguments=values, experiment_name=experiment_name(values["task"]),
-        run_name=f"{values['task']}-{time.strftime('%Y%m%d-%H%M%S')}", enable_caching=caching)
+        run_name=f"{values['task']}-{time.strftime('%Y%m%d-%H%M%S')}",
+        # None keeps each step's own caching option (validation and registration off); True would turn caching
+        # on for every root step, validation included. False (CACHE=0) turns it off for all of them.
+        enable_caching=None if caching else False)
     url = f"{os.environ['KFP_HOST'].rstrip('/')}/#/runs/details/{run.run_id}"
     print(f"submitted run {run.run_id}\n{url}")
     return run.run_id
