@@ -118,7 +118,8 @@ def test_cluster_runs_need_a_shared_data_root(kfp_server, tmp_path, capsys):
         assert run.main(argv) == 2
         err = capsys.readouterr().err
         assert "data_root" in err and "--param data_root=gs://" in err and "Traceback" not in err
-    assert not kfp_server.requests_to("POST", f"{API}/runs") and not kfp_server.requests_to("POST", f"{API}/recurringruns")
+    assert not kfp_server.requests_to("POST", f"{API}/runs")
+    assert not kfp_server.requests_to("POST", f"{API}/recurringruns")
 
 
 def test_schedule_runs_the_latest_version_weekly(kfp_server, tmp_path, capsys):
