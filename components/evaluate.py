@@ -13,6 +13,7 @@ def evaluate_prompts(task: str, data: str, data_fingerprint: str, prompts: Input
                      evaluation: Output[Dataset]) -> float:
     """Evaluate the prompts on `split` of the validated data at `data` (content-addressed, checked against
     `data_fingerprint`); returns the best prompt's main metric (the promotion gate's input)."""
+    import json
     import os
     import tempfile
 
@@ -32,6 +33,12 @@ def evaluate_prompts(task: str, data: str, data_fingerprint: str, prompts: Input
     if "confusion_matrix" in result:
         cm = result["confusion_matrix"]
         confusion.log_confusion_matrix(cm["labels"], cm["matrix"])
+    # The UI reads these two from metadata; the files are for kfp.local, whose cache counts an output artifact
+    # without a file as missing and would never reuse this step.
+    for artifact in (metrics, confusion):
+        os.makedirs(os.path.dirname(artifact.path), exist_ok=True)
+        with open(artifact.path, "w", encoding="utf-8") as f:
+            json.dump(artifact.metadata, f)
     copy_dir(result["prompt_dir"], best_prompt.path)
     best_prompt.metadata.update({"task": task, main: result[main], "data_fingerprint": data_fingerprint,
                                  "metrics_file": os.path.join(evaluation.path, "metrics.json")})

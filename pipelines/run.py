@@ -231,7 +231,7 @@ def summarize_local(run_dir: Path, task: str, seconds: float,
         "cached": sorted(cached),
         "main_metric": metrics.get("main_metric"), "score": metrics.get(metrics.get("main_metric", ""), None),
         "per_prompt": metrics.get("per_prompt"), "ensemble": metrics.get("ensemble"),
-        "registered": (f"{registered} (nothing new: {why})" if why else registered)
+        "registered": (f"{registered} ({why})" if why else registered)
         or "(not registered: below register_threshold)",
         "promoted": promoted,
     }

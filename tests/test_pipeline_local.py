@@ -241,7 +241,7 @@ def test_retraining_follows_the_data_content(smoke):
     rows = table(out)
     assert rows["cached"] == "evaluate-prompts, lm-adapt, train-prompt"
     assert {p.name for p in run_dir.iterdir()} == {"validate-data", "register-prompt"}  # only these ran
-    assert rows["registered"].startswith("rte-prompt@v1.0.0 (nothing new: ")
+    assert rows["registered"].startswith("rte-prompt@v1.0.0 (nothing new registered: ")
     assert "is already registered as rte-prompt@v1.0.0" in rows["registered"]
     assert rows["accuracy"] == table(smoke.out)["accuracy"]  # read from the cached evaluation
     assert [v.number for v in registry.versions(smoke.registry, "rte")] == [1]
