@@ -36,12 +36,13 @@ PROFILE ?=
 DATA ?=
 MODEL ?=
 CRON ?= 0 3 * * 0
+CACHE ?= 1
 PIPELINE_ARGS = --task $(TASK) $(if $(PROFILE),--profile $(PROFILE)) $(if $(DATA),--data $(DATA)) $(if $(MODEL),--model $(MODEL))
 
 .PHONY: pipeline-run pipeline-compile pipeline-upload pipeline-schedule
 
-pipeline-run:  ## run the pipeline: on KFP_HOST if set, else locally with kfp.local (TASK= PROFILE= DATA= MODEL=)
-	$(BIN)/python -m pipelines.run run $(PIPELINE_ARGS)
+pipeline-run:  ## run the pipeline: on KFP_HOST if set, else locally with kfp.local (TASK= PROFILE= DATA= MODEL= CACHE=0)
+	$(BIN)/python -m pipelines.run run $(PIPELINE_ARGS) $(if $(filter 0,$(CACHE)),--no-cache)
 
 pipeline-compile:  ## write the pipeline spec (build/prompt_tuning.yaml) for upload in the Kubeflow UI
 	$(BIN)/python -m pipelines.run compile $(if $(PROFILE),--profile $(PROFILE))

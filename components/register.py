@@ -10,7 +10,8 @@ from components import IMAGE
 def register_prompt(task: str, prompt: Input[Model], evaluation: Input[Dataset], registry_repo: str,
                     registry_remote: str, promote: str, promotion_margin: float, run_id: str,
                     summary: Output[Markdown]) -> str:
-    """Register the best prompt with its lineage; returns the version name (e.g. rte-prompt@v3.0.0)."""
+    """Register the best prompt with its lineage; returns the version name (e.g. rte-prompt@v3.0.0). A prompt
+    whose content is already registered adds nothing: it returns that version and the summary says why."""
     import os
 
     from softprompt.pipeline_steps import register_step
@@ -18,8 +19,8 @@ def register_prompt(task: str, prompt: Input[Model], evaluation: Input[Dataset],
     reg = register_step(task, prompt.path, os.path.join(evaluation.path, "metrics.json"), repo=registry_repo or None,
                         run_id=run_id, policy=promote, margin=promotion_margin, remote=registry_remote or None)
     lines = [f"# {task}: {reg['tag']}", "", "| | |", "|---|---|",
-             f"| {reg['main_metric']} | {reg['value']:.2f} |", f"| promoted | {reg['promoted']} |",
-             f"| why | {reg['reason']} |", f"| content md5 | `{reg['md5']}` |"]
+             f"| {reg['main_metric']} | {reg['value']:.2f} |", f"| new version | {reg['new']} |",
+             f"| promoted | {reg['promoted']} |", f"| why | {reg['reason']} |", f"| content md5 | `{reg['md5']}` |"]
     with open(summary.path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
     return reg["tag"]

@@ -1,5 +1,22 @@
 """The prompt-tuning pipeline: validate -> LM-adapt -> train N prompts in parallel -> evaluate -> register.
 
+Caching follows the data's content, not its location. KFP looks a cached execution up by a cache key
+(kubeflow/pipelines api/v2alpha1/cache_key.proto, filled in by backend/src/v2/cacheutils/cache.go): the
+input parameter *values*, the *names* of the input artifacts, the output specs and the container's image and
+command (the lookup is also scoped to the pipeline name and namespace). Two consequences shape this DAG:
+
+1. validate-data's only inputs are strings naming a location (`data`), so a cached validation would replay
+   last week's result for this week's files. Its caching is off: it always reads the data.
+2. An artifact produced by a step that always runs is a new artifact (a new name) every run, so a step that
+   takes it as an input artifact never hits the cache. validate-data therefore hands on two *parameters*:
+   the content fingerprint (md5 of each split file, combined) and the content-addressed location
+   (DATA_ROOT/<task>/<fingerprint>) it stored the validated files at. Train and evaluate take those, so
+   their cache key changes exactly when the content, the base model (lm-adapt's parameters, and its output
+   artifact, which is the same artifact while lm-adapt hits the cache), or a setting changes.
+
+Registration is never cached (it writes the registry); it registers nothing when the prompt's content is
+already registered, which is what an unchanged week produces.
+
 Every parameter's default comes from params.yaml (optionally a profile of it), the one place defaults are
 written. Scheduling (accelerators, node selectors, tolerations, retries, secrets) comes from its
 `cluster:` section, which infra/ reads too.
@@ -80,6 +97,7 @@ def build_pipeline(profile: str | None = None, on_cluster: bool = True):
         task: str = pipe["task"],
         model: str = params["model"],
         data: str = pipe["data"],
+        data_root: str = pipe["data_root"],
         lm_adapt_steps: int = pipe["lm_adapt_steps"],
         lm_objective: str = params["lm_adapt"]["objective"],
         lm_corpus: str = pipe["lm_corpus"],
@@ -105,6 +123,7 @@ def build_pipeline(profile: str | None = None, on_cluster: bool = True):
             task: Task to tune for (rte, cb, boolq, ...; see `softprompt tasks`).
             model: Base model: Hub id, gs:// URI, local directory, or `tiny`.
             data: Task data: a directory or gs:// prefix with the official files; empty loads the Hub dataset.
+            data_root: Where validated data is stored by content, DATA_ROOT/<task>/<fingerprint> (gs:// on a cluster).
             lm_adapt_steps: LM-adaptation steps before prompt tuning; 0 uses the base model as is.
             lm_objective: prefix-lm (LM adaptation) or span-corruption.
             lm_corpus: Corpus for LM adaptation (c4, hf:DATASET[:CONFIG], or a path).
@@ -124,14 +143,16 @@ def build_pipeline(profile: str | None = None, on_cluster: bool = True):
             registry_remote: DVC remote override (a directory or gs://); empty uses params.yaml.
             profile: params.yaml profile the steps read their remaining settings from.
         """
-        check = validate_data(task=task, data=data)
+        check = validate_data(task=task, data=data, data_root=data_root)
+        check.set_caching_options(False)  # `data` is a location whose content changes: always read it
+        fingerprint, location = check.outputs["fingerprint"], check.outputs["location"]
         base = lm_adapt(base_model=model, steps=lm_adapt_steps, objective=lm_objective, corpus=lm_corpus,
                         cache_root=lm_cache_root, profile=profile)
         with dsl.ParallelFor(seeds, parallelism=0) as seed:
-            trained = train_prompt(task=task, data=check.outputs["validated"], base=base.outputs["model"],
+            trained = train_prompt(task=task, data=location, data_fingerprint=fingerprint, base=base.outputs["model"],
                                    profile=profile, prompt_length=prompt_length, init=init, steps=steps,
                                    batch_size=batch_size, learning_rate=learning_rate, seed=seed)
-        scored = evaluate_prompts(task=task, data=check.outputs["validated"],
+        scored = evaluate_prompts(task=task, data=location, data_fingerprint=fingerprint,
                                   prompts=dsl.Collected(trained.outputs["prompt"]), mode=eval_mode, split=eval_split)
         with dsl.If(scored.outputs["Output"] >= register_threshold, name="passes-threshold"):
             registered = register_prompt(task=task, prompt=scored.outputs["best_prompt"],

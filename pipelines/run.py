@@ -10,7 +10,9 @@ machine with kfp.local (SubprocessRunner, a local pipeline root) and prints a su
 """
 
 import argparse
+import contextlib
 import json
+import logging
 import os
 import re
 import sys
@@ -94,34 +96,100 @@ def with_local_paths(values: dict[str, Any]) -> dict[str, Any]:
     """Local runs: relative DATA/MODEL paths made absolute (component subprocesses run elsewhere). A cluster
     gets the values as given: a local path means nothing there."""
     out = dict(values)
-    if out.get("data") and "://" not in out["data"]:
-        out["data"] = str(Path(out["data"]).resolve())
+    for key in ("data", "data_root"):
+        if out.get(key) and "://" not in out[key]:
+            out[key] = str(Path(out[key]).expanduser().resolve())
     if out.get("model") and Path(out["model"]).exists():
         out["model"] = str(Path(out["model"]).resolve())
     return out
 
 
-def run_local(values: dict[str, Any], profile: str | None) -> dict[str, Any]:
+class CacheHits(logging.Filter):
+    """The steps kfp.local served from its cache. It logs each hit on the root logger ('Task NAME cache hit
+    (key=PREFIX)'); a filter on that logger sees the record whatever handlers kfp.local installs."""
+
+    PATTERN = re.compile(r"Task (\S+) cache hit \(key=([0-9a-f]+)\)")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hits: list[tuple[str, str]] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if match := self.PATTERN.search(str(record.msg)):
+            self.hits.append((match[1], match[2]))
+        return True
+
+
+@contextlib.contextmanager
+def watching_cache() -> Any:
+    logger = logging.getLogger()
+    hits, level = CacheHits(), logger.level
+    logger.addFilter(hits)
+    logger.setLevel(min(level or logging.WARNING, logging.INFO))  # kfp.local logs hits at INFO
+    try:
+        yield hits
+    finally:
+        logger.removeFilter(hits)
+        logger.setLevel(level)
+
+
+def keep_upstream_parameters_in_loops() -> None:
+    """Work around a kfp.local (2.17) bug: when it expands a dsl.ParallelFor it replaces *every* input the loop
+    takes from an upstream task's output parameter with the loop item, so train-prompt would get the seed as
+    its data location and fingerprint. A cluster passes them through; this makes kfp.local do the same by
+    restoring those inputs (all but the iterated list itself) after kfp.local builds each iteration."""
+    from kfp.local.orchestrator import task_spec_utils
+
+    original = task_spec_utils.create_parameter_loop_iteration_task_spec
+    if getattr(original, "keeps_upstream_parameters", False):
+        return
+
+    def iteration_spec(loop_spec: Any, loop_item: Any, loop_task_name: str) -> Any:
+        spec = original(loop_spec, loop_item, loop_task_name)
+        iterated = loop_spec.parameter_iterator.items.input_parameter
+        for name, given in loop_spec.inputs.parameters.items():
+            if given.HasField("task_output_parameter") and name != iterated:
+                spec.inputs.parameters[name].CopyFrom(given)
+        return spec
+
+    iteration_spec.keeps_upstream_parameters = True  # type: ignore[attr-defined]
+    task_spec_utils.create_parameter_loop_iteration_task_spec = iteration_spec
+
+
+def run_local(values: dict[str, Any], profile: str | None, caching: bool = True) -> dict[str, Any]:
     from kfp import local
 
-    from pipelines.prompt_tuning import build_pipeline
+    from pipelines.prompt_tuning import PIPELINE_NAME, build_pipeline
 
     values = with_local_paths(values)
     preflight(effective(profile, values))
     root = LOCAL_ROOT / values["task"]
     root.mkdir(parents=True, exist_ok=True)
     # use_venv=False: components run with this interpreter, where softprompt is installed (as in the image).
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+    # enable_caching: kfp.local's cache (ROOT/.kfp_cache) keys a step by its parameter values and its input
+    # artifacts' names and URIs, as a cluster's does; the steps' own caching options apply.
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True,
+               enable_caching=caching)
+    keep_upstream_parameters_in_loops()
     before = set(root.iterdir())
     started = time.time()
     try:
-        build_pipeline(profile, on_cluster=False)(**values)
+        with watching_cache() as cache:
+            build_pipeline(profile, on_cluster=False)(**values)
     except RuntimeError as e:  # kfp.local: a step failed; its own log (above) says why
         reason = re.sub(r"\x1b\[[0-9;]*m", "", str(e).splitlines()[0])  # kfp.local colours its messages
         raise SoftpromptError(f"the local pipeline run failed: {reason} (the step's log is above; "
                               f"artifacts under {root})") from e
-    run_dir = max(set(root.iterdir()) - before, key=lambda p: p.stat().st_mtime)
-    return summarize_local(run_dir, values["task"], time.time() - started)
+    runs = [p for p in set(root.iterdir()) - before if p.name.startswith(PIPELINE_NAME)]
+    run_dir = max(runs, key=lambda p: p.stat().st_mtime)
+    cached = {name: cache_entry(root / ".kfp_cache", key) for name, key in cache.hits}
+    return summarize_local(run_dir, values["task"], time.time() - started, cached)
+
+
+def cache_entry(cache_root: Path, key_prefix: str) -> dict[str, Any]:
+    """The outputs kfp.local stored for a cache key (it logs only the key's first characters)."""
+    found = sorted(cache_root.glob(f"{key_prefix}*.json"))
+    return json.loads(found[0].read_text()) if len(found) == 1 else {}
 
 
 def _outputs(run_dir: Path, step: str) -> dict[str, Any]:
@@ -133,23 +201,38 @@ def _outputs(run_dir: Path, step: str) -> dict[str, Any]:
     return {k: v for k, v in data.get("parameterValues", {}).items()}
 
 
-def summarize_local(run_dir: Path, task: str, seconds: float) -> dict[str, Any]:
-    report = next(run_dir.glob("validate-data/validated.report/validation.json"), None)
+def artifact_dir(run_dir: Path, step: str, name: str, cached: dict[str, Any]) -> Path:
+    """Where a step's output artifact is: in this run, or (a cache hit) in the run that produced it."""
+    entry = cached.get(step, {}).get(name)
+    return Path(entry["uri"]) if isinstance(entry, dict) and entry.get("uri") else run_dir / step / name
+
+
+def summarize_local(run_dir: Path, task: str, seconds: float,
+                    cached: dict[str, Any] | None = None) -> dict[str, Any]:
+    cached = cached or {}
+    report = next(run_dir.glob("validate-data/validation/validation.json"), None)
     validation = json.loads(report.read_text()) if report else {}
-    metrics_file = run_dir / "evaluate-prompts" / "evaluation" / "metrics.json"
+    data = _outputs(run_dir, "validate-data")
+    metrics_file = artifact_dir(run_dir, "evaluate-prompts", "evaluation", cached) / "metrics.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
     registered = _outputs(run_dir, "register-prompt").get("Output")
     summary_md = run_dir / "register-prompt" / "summary"
-    promoted = None
+    promoted, why = None, ""
     if summary_md.is_file():
-        promoted = "| promoted | True |" in summary_md.read_text()
+        text = summary_md.read_text()
+        promoted = "| promoted | True |" in text
+        if "| new version | False |" in text:
+            why = next(line for line in text.splitlines() if line.startswith("| why |"))[8:-2]
     return {
         "run_dir": str(run_dir), "task": task, "seconds": round(seconds, 1),
         "validation": "passed" if validation.get("success") else "failed",
         "expectations": validation.get("statistics", {}).get("evaluated_expectations"),
+        "data_fingerprint": data.get("fingerprint"), "data_location": data.get("location"),
+        "cached": sorted(cached),
         "main_metric": metrics.get("main_metric"), "score": metrics.get(metrics.get("main_metric", ""), None),
         "per_prompt": metrics.get("per_prompt"), "ensemble": metrics.get("ensemble"),
-        "registered": registered or "(not registered: below register_threshold)",
+        "registered": (f"{registered} ({why})" if why else registered)
+        or "(not registered: below register_threshold)",
         "promoted": promoted,
     }
 
@@ -159,6 +242,8 @@ def print_table(summary: dict[str, Any]) -> None:
                                                      f"({summary['expectations']} expectations)"),
             (summary["main_metric"] or "metric", _fmt(summary["score"])),
             ("per prompt", ", ".join(_fmt(v) for v in summary["per_prompt"] or [])),
+            ("data", f"{summary['data_fingerprint']} ({summary['data_location']})"),
+            ("cached", ", ".join(summary["cached"]) or "none"),
             ("registered", summary["registered"]), ("promoted", summary["promoted"]),
             ("time", f"{summary['seconds']} s"), ("artifacts", summary["run_dir"])]
     if summary.get("ensemble"):
@@ -194,12 +279,24 @@ def experiment_name(task: str) -> str:
     return f"{load_params()['pipeline']['experiment_prefix']}-{task}"
 
 
-def submit(values: dict[str, Any], profile: str | None, spec: Path) -> str:
+def check_cluster_data_root(values: dict[str, Any], profile: str | None) -> None:
+    """On a cluster every step must read what validation stored: data_root has to be shared storage."""
+    root = effective(profile, values)["data_root"]
+    if not str(root).startswith("gs://"):
+        raise SoftpromptError(f"data_root {root!r} is a local path, which the cluster's steps do not share; pass "
+                              "--param data_root=gs://BUCKET/validated-data (or set pipeline.data_root in params.yaml)")
+
+
+def submit(values: dict[str, Any], profile: str | None, spec: Path, caching: bool = True) -> str:
+    check_cluster_data_root(values, profile)
     kfp_client = client()
     compile_spec(profile, spec)
     run = kfp_client.create_run_from_pipeline_package(
         str(spec), arguments=values, experiment_name=experiment_name(values["task"]),
-        run_name=f"{values['task']}-{time.strftime('%Y%m%d-%H%M%S')}", enable_caching=True)
+        run_name=f"{values['task']}-{time.strftime('%Y%m%d-%H%M%S')}",
+        # None keeps each step's own caching option (validation and registration off); True would turn caching
+        # on for every root step, validation included. False (CACHE=0) turns it off for all of them.
+        enable_caching=None if caching else False)
     url = f"{os.environ['KFP_HOST'].rstrip('/')}/#/runs/details/{run.run_id}"
     print(f"submitted run {run.run_id}\n{url}")
     return run.run_id
@@ -235,6 +332,7 @@ def upload(profile: str | None, spec: Path, version: str | None) -> tuple[str, s
 def schedule(values: dict[str, Any], cron: str, profile: str | None, spec: Path) -> str:
     """A recurring run on the pipeline with no version pinned, so each run uses the latest version."""
     cron6 = _cron6(cron)  # a bad expression stops here, before anything is uploaded
+    check_cluster_data_root(values, profile)
     kfp_client = client()
     pipeline_id = kfp_client.get_pipeline_id(pipeline_name())
     if pipeline_id is None:
@@ -275,6 +373,9 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--data", default=None, help="task data directory or gs:// prefix ('' = the Hub)")
             p.add_argument("--model", default=None, help="base model (Hub id, directory, gs://, tiny)")
             p.add_argument("--param", action="append", help="any other pipeline parameter, KEY=VALUE")
+        if name == "run":
+            p.add_argument("--no-cache", dest="caching", action="store_false",
+                           help="run every step, even those whose inputs match a cached execution (CACHE=0)")
         if name == "schedule":
             p.add_argument("--cron", required=True, help="cron expression, e.g. '0 3 * * 0' (Sundays 03:00)")
         if name == "upload":
@@ -288,9 +389,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "schedule":
             schedule(arguments(args), args.cron, args.profile, args.spec)
         elif os.environ.get("KFP_HOST"):
-            submit(arguments(args), args.profile, args.spec)
+            submit(arguments(args), args.profile, args.spec, args.caching)
         else:
-            print_table(run_local(arguments(args), args.profile))
+            print_table(run_local(arguments(args), args.profile, args.caching))
     except SoftpromptError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -39,7 +39,8 @@ def spec_docs(path: Path) -> list[dict]:
 def test_submit_sends_the_compiled_spec_arguments_and_experiment(kfp_server, tmp_path, capsys):
     spec = tmp_path / "spec.yaml"
     argv = ["run", "--task", "rte", "--profile", "paper", "--spec", str(spec), "--data", "gs://bucket/superglue/RTE",
-            "--param", "seeds=[1,2]", "--param", "register_threshold=0.6", "--param", "registry_remote="]
+            "--param", "seeds=[1,2]", "--param", "register_threshold=0.6", "--param", "registry_remote=",
+            "--param", "data_root=gs://bucket/validated-data"]
     assert run.main(argv) == 0
     assert run.main(argv) == 0  # a second submission reuses the experiment
 
@@ -58,7 +59,7 @@ def test_submit_sends_the_compiled_spec_arguments_and_experiment(kfp_server, tmp
     assert body["display_name"].startswith("rte-")
     assert body["runtime_config"]["parameters"] == {
         "task": "rte", "profile": "paper", "data": "gs://bucket/superglue/RTE", "seeds": [1, 2],
-        "register_threshold": 0.6, "registry_remote": ""}
+        "register_threshold": 0.6, "registry_remote": "", "data_root": "gs://bucket/validated-data"}
     assert "pipeline_version_reference" not in body  # the spec itself is sent, not a reference
 
     sent, sent_platform = body["pipeline_spec"]["pipeline_spec"], body["pipeline_spec"]["platform_spec"]
@@ -67,13 +68,20 @@ def test_submit_sends_the_compiled_spec_arguments_and_experiment(kfp_server, tmp
     assert sent["deploymentSpec"] == pipeline_doc["deploymentSpec"]
     assert sent_platform == platform_doc  # node selectors, tolerations, secrets travel with the run
     assert "exec-train-prompt" in sent_platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    # enable_caching=True at submission reaches the root tasks, never the registration inside the condition
-    root_tasks = sent["root"]["dag"]["tasks"].values()
-    assert all(t["cachingOptions"]["enableCache"] for t in root_tasks if "cachingOptions" in t)
+    # each step keeps its own caching option: validation (its input is a location) and registration never cached
+    root_tasks = sent["root"]["dag"]["tasks"]
+    assert root_tasks["validate-data"]["cachingOptions"] == {}  # enableCache false (proto default)
+    assert root_tasks["lm-adapt"]["cachingOptions"] == root_tasks["evaluate-prompts"]["cachingOptions"] == {
+        "enableCache": True}
     cond = next(c for name, c in sent["components"].items() if name.startswith("comp-condition-"))
     assert cond["dag"]["tasks"]["register-prompt"]["cachingOptions"] == {}  # enableCache false (proto default)
 
-    run_ids = list(kfp_server.runs)
+    # --no-cache (make pipeline-run CACHE=0): one run with caching off for every step
+    assert run.main(argv + ["--no-cache"]) == 0
+    forced = kfp_server.requests_to("POST", f"{API}/runs")[2].body["pipeline_spec"]["pipeline_spec"]
+    assert all(not t["cachingOptions"].get("enableCache") for t in forced["root"]["dag"]["tasks"].values())
+
+    run_ids = list(kfp_server.runs)[:2]
     out = capsys.readouterr().out
     for run_id in run_ids:
         assert f"submitted run {run_id}\n{kfp_server.url}/#/runs/details/{run_id}" in out
@@ -103,10 +111,21 @@ def test_upload_creates_the_pipeline_then_adds_versions(kfp_server, tmp_path, ca
     assert f"version v2 ({new_id})" in capsys.readouterr().out
 
 
+def test_cluster_runs_need_a_shared_data_root(kfp_server, tmp_path, capsys):
+    """Validation stores the data where train and evaluate read it: a local path would exist in one pod only."""
+    for command in (["run"], ["schedule", "--cron", "0 3 * * 0"]):
+        argv = [*command, "--task", "rte", "--profile", "paper", "--spec", str(tmp_path / "spec.yaml")]
+        assert run.main(argv) == 2
+        err = capsys.readouterr().err
+        assert "data_root" in err and "--param data_root=gs://" in err and "Traceback" not in err
+    assert not kfp_server.requests_to("POST", f"{API}/runs")
+    assert not kfp_server.requests_to("POST", f"{API}/recurringruns")
+
+
 def test_schedule_runs_the_latest_version_weekly(kfp_server, tmp_path, capsys):
     spec = tmp_path / "spec.yaml"
-    argv = ["schedule", "--task", "cb", "--profile", "paper", "--spec", str(spec), "--cron", "0 3 * * 0",
-            "--param", "seeds=[42,43,44]"]
+    argv = ["schedule", "--task", "cb", "--profile", "paper", "--spec", str(spec),
+            "--param", "data_root=gs://bucket/validated-data", "--cron", "0 3 * * 0", "--param", "seeds=[42,43,44]"]
     assert run.main(argv) == 0
     (pipeline_id,) = kfp_server.pipelines  # uploaded first, since it did not exist
     (job,) = kfp_server.requests_to("POST", f"{API}/recurringruns")
@@ -114,7 +133,8 @@ def test_schedule_runs_the_latest_version_weekly(kfp_server, tmp_path, capsys):
     assert body["trigger"] == {"cron_schedule": {"cron": "0 0 3 * * 0"}}  # KFP's cron has a seconds field
     assert body["pipeline_version_reference"] == {"pipeline_id": pipeline_id}  # no version pinned: the latest
     assert "pipeline_spec" not in body
-    assert body["runtime_config"] == {"parameters": {"task": "cb", "profile": "paper", "seeds": [42, 43, 44]}}
+    assert body["runtime_config"] == {"parameters": {"task": "cb", "profile": "paper", "seeds": [42, 43, 44],
+                                                     "data_root": "gs://bucket/validated-data"}}
     assert int(body["max_concurrency"]) == 1 and body["no_catchup"] is True and body["mode"] == "ENABLE"
     assert body["display_name"] == "retrain-cb"
     assert kfp_server.experiments[body["experiment_id"]]["display_name"] == "softprompt-cb"

@@ -36,7 +36,8 @@ def expected_defaults(profile: str) -> dict:
     p = load_params(profile)
     pipe = p["pipeline"]
     return {
-        "task": pipe["task"], "model": p["model"], "data": pipe["data"], "lm_adapt_steps": pipe["lm_adapt_steps"],
+        "task": pipe["task"], "model": p["model"], "data": pipe["data"], "data_root": pipe["data_root"],
+        "lm_adapt_steps": pipe["lm_adapt_steps"],
         "lm_objective": p["lm_adapt"]["objective"], "lm_corpus": pipe["lm_corpus"],
         "lm_cache_root": pipe["lm_cache_root"], "prompt_length": p["prompt"]["length"], "init": p["prompt"]["init"],
         "steps": p["train"]["steps"], "batch_size": p["train"]["batch_size"],
@@ -80,17 +81,16 @@ def test_dag_five_steps_loop_condition(compiled):
     train = loop_dag["tasks"]["train-prompt"]
     item = root[loop]["parameterIterator"]["itemInput"]
     assert train["inputs"]["parameters"]["seed"] == {"componentInputParameter": item}
-    assert train["inputs"]["artifacts"]["data"] == {
-        "componentInputArtifact": "pipelinechannel--validate-data-validated"}
+    assert set(train["inputs"]["artifacts"]) == {"base"}  # the data comes as parameters (see the caching test)
     assert train["inputs"]["artifacts"]["base"] == {"componentInputArtifact": "pipelinechannel--lm-adapt-model"}
 
-    # Collected: evaluation gets the loop's prompts (a list) and the validated data
+    # Collected: evaluation gets the loop's prompts (a list)
     evaluate = root["evaluate-prompts"]["inputs"]["artifacts"]
     assert evaluate["prompts"] == {"taskOutputArtifact": {"outputArtifactKey": "pipelinechannel--train-prompt-prompt",
                                                           "producerTask": loop}}
     assert loop_dag["outputs"]["artifacts"]["pipelinechannel--train-prompt-prompt"]["artifactSelectors"] == [
         {"outputArtifactKey": "prompt", "producerSubtask": "train-prompt"}]
-    assert evaluate["data"]["taskOutputArtifact"] == {"outputArtifactKey": "validated", "producerTask": "validate-data"}
+    assert set(evaluate) == {"prompts"}
     assert spec["components"]["comp-evaluate-prompts"]["inputDefinitions"]["artifacts"]["prompts"]["isArtifactList"]
 
     # dsl.If: registration only when the best prompt's score reaches register_threshold
@@ -110,14 +110,47 @@ def test_dag_five_steps_loop_condition(compiled):
         "evaluation": {"componentInputArtifact": "pipelinechannel--evaluate-prompts-evaluation"}}
     assert register["inputs"]["parameters"]["run_id"] == {"runtimeValue": {"constant": "{{$.pipeline_job_uuid}}"}}
 
-    # caching: every step but registration (it changes the registry; never replayed from cache)
-    assert register["cachingOptions"] == {}  # enableCache false is the proto default, so it is left out
-    for step in ("validate-data", "lm-adapt", "evaluate-prompts", "train-prompt"):
-        assert task_of(spec, step)["cachingOptions"] == {"enableCache": True}, step
 
     # the pipeline's output is the best prompt's score
     assert spec["root"]["dag"]["outputs"]["parameters"]["Output"]["valueFromParameter"] == {
         "outputParameterKey": "Output", "producerSubtask": "evaluate-prompts"}
+
+
+def test_caching_follows_the_data_content(compiled):
+    """validate-data and registration are never cached; train and evaluate take the data's fingerprint and
+    content-addressed location as parameters (KFP's cache key has parameter values, but only the names of input
+    artifacts, which are new whenever an always-run step produces them)."""
+    _, spec, _ = compiled
+    root = spec["root"]["dag"]["tasks"]
+    loop = next(n for n in root if n.startswith("for-loop-"))
+    # enableCache false is the proto default, so the compiler leaves cachingOptions empty
+    assert task_of(spec, "validate-data")["cachingOptions"] == {}
+    assert task_of(spec, "register-prompt")["cachingOptions"] == {}
+    for step in ("lm-adapt", "train-prompt", "evaluate-prompts"):
+        assert task_of(spec, step)["cachingOptions"] == {"enableCache": True}, step
+
+    validate = spec["components"]["comp-validate-data"]
+    assert validate["outputDefinitions"]["parameters"] == {"fingerprint": {"parameterType": "STRING"},
+                                                           "location": {"parameterType": "STRING"}}
+    assert root["validate-data"]["inputs"]["parameters"]["data_root"] == {"componentInputParameter": "data_root"}
+
+    def from_validate(key: str) -> dict:
+        return {"taskOutputParameter": {"outputParameterKey": key, "producerTask": "validate-data"}}
+
+    evaluate = root["evaluate-prompts"]["inputs"]
+    assert evaluate["parameters"]["data"] == from_validate("location")
+    assert evaluate["parameters"]["data_fingerprint"] == from_validate("fingerprint")
+    assert root[loop]["inputs"]["parameters"]["pipelinechannel--validate-data-location"] == from_validate("location")
+    assert root[loop]["inputs"]["parameters"]["pipelinechannel--validate-data-fingerprint"] == from_validate(
+        "fingerprint")
+    train = task_of(spec, "train-prompt")["inputs"]
+    assert train["parameters"]["data"] == {"componentInputParameter": "pipelinechannel--validate-data-location"}
+    assert train["parameters"]["data_fingerprint"] == {
+        "componentInputParameter": "pipelinechannel--validate-data-fingerprint"}
+    for step in ("train-prompt", "evaluate-prompts"):
+        comp = spec["components"][task_of(spec, step)["componentRef"]["name"]]["inputDefinitions"]
+        assert comp["parameters"]["data_fingerprint"]["parameterType"] == "STRING", step
+        assert "data" not in comp.get("artifacts", {}), step  # no artifact from the always-run validation
 
 
 def test_parameters_default_to_params_yaml_and_are_described(compiled):

@@ -5,6 +5,7 @@ temporary registry repo and DVC remote. Every assertion is on that one run's art
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -19,6 +20,7 @@ from kfp.local import config as kfp_local_config
 from safetensors import safe_open
 
 from pipelines import run
+from pipelines.prompt_tuning import PIPELINE_NAME
 from softprompt import registry
 from softprompt.config import load_params
 
@@ -26,8 +28,8 @@ from softprompt.config import load_params
 # image); kfp.local warns about the custom base image each time
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:You may be attemping:RuntimeWarning")]
 
-TABLE_KEYS = ("task", "validation", "accuracy", "per prompt", "ensemble", "registered", "promoted", "time",
-              "artifacts")
+TABLE_KEYS = ("task", "validation", "accuracy", "per prompt", "ensemble", "data", "cached", "registered", "promoted",
+              "time", "artifacts")
 
 
 def git(repo: Path, *args: str) -> str:
@@ -46,7 +48,10 @@ def registry_repo(path: Path) -> Path:
 
 
 def run_pipeline(root: Path, argv: list[str]) -> tuple[int, str, Path]:
-    """`python -m pipelines.run run ARGV` in process, its local pipeline root under `root`."""
+    """`python -m pipelines.run run ARGV` in process, its local pipeline root under `root` (validated data under
+    ROOT/validated-data); returns the exit code, stdout and the new run's directory."""
+    argv = [*argv, "--param", f"data_root={root / 'validated-data'}"]
+    before = set(run_dirs(root))
     out = io.StringIO()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(run, "LOCAL_ROOT", root / "runs")
@@ -55,8 +60,13 @@ def run_pipeline(root: Path, argv: list[str]) -> tuple[int, str, Path]:
             mp.delenv(name, raising=False)
         with contextlib.redirect_stdout(out):
             rc = run.main(argv)
-    (run_dir,) = (root / "runs" / "rte").iterdir()
+    (run_dir,) = set(run_dirs(root)) - before
     return rc, out.getvalue(), run_dir
+
+
+def run_dirs(root: Path) -> list[Path]:
+    runs = root / "runs" / "rte"
+    return [p for p in runs.iterdir() if p.name.startswith(PIPELINE_NAME)] if runs.is_dir() else []
 
 
 def table(output: str) -> dict[str, str]:
@@ -77,11 +87,12 @@ def smoke(tmp_path_factory):
     reg = registry_repo(root / "registry")
     remote = root / "dvc-remote"
     tags_before = git(REPO, "tag", "--list")
-    rc, out, run_dir = run_pipeline(root, [
-        "run", "--task", "rte", "--profile", "smoke", "--data", str(data), "--param", "seeds=[1,2]",
-        "--param", f"registry_repo={reg}", "--param", f"registry_remote={remote}"])
+    argv = ["run", "--task", "rte", "--profile", "smoke", "--data", str(data), "--param", "seeds=[1,2]",
+            "--param", f"registry_repo={reg}", "--param", f"registry_remote={remote}"]
+    rc, out, run_dir = run_pipeline(root, argv)
     assert git(REPO, "tag", "--list") == tags_before  # nothing registered into the project's own repo
-    return SimpleNamespace(rc=rc, out=out, run_dir=run_dir, registry=reg, remote=remote)
+    return SimpleNamespace(rc=rc, out=out, run_dir=run_dir, registry=reg, remote=remote, root=root, data=data,
+                           argv=argv)
 
 
 def outputs(run_dir: Path, step: str) -> dict:
@@ -100,16 +111,27 @@ def test_run_succeeds(smoke):
         "register-prompt"}
 
 
+def fingerprint_of(directory: Path, names: tuple[str, ...] = ("train.jsonl", "val.jsonl")) -> str:
+    """The data fingerprint computed here, independently: md5 of the sorted (file, md5) list."""
+    files = sorted((n, hashlib.md5((directory / n).read_bytes()).hexdigest()) for n in names)
+    return hashlib.md5(json.dumps(files).encode()).hexdigest()
+
+
 def test_validation_report_and_validated_dataset(smoke):
     step = smoke.run_dir / "validate-data"
-    validated = step / "validated"
+    params = outputs(smoke.run_dir, "validate-data")["parameterValues"]
+    fingerprint = fingerprint_of(smoke.data)
+    assert params["fingerprint"] == fingerprint
+    validated = Path(params["location"])  # content-addressed: DATA_ROOT/<task>/<fingerprint>
+    assert validated == smoke.root / "validated-data" / "rte" / fingerprint
     assert len((validated / "train.jsonl").read_text().splitlines()) == 40
     assert len((validated / "val.jsonl").read_text().splitlines()) == 32
-    report = json.loads((step / "validated.report" / "validation.json").read_text())
+    report = json.loads((step / "validation" / "validation.json").read_text())
     assert report["success"] is True
     assert report["statistics"]["unsuccessful_expectations"] == 0
     assert (step / "report").read_text().lstrip().startswith("<!DOCTYPE html>")  # the Data Docs page for the UI
-    assert outputs(smoke.run_dir, "validate-data")["parameterValues"]["Output"] is True
+    meta = artifact_meta(smoke.run_dir, "validate-data", "validation")
+    assert (meta["fingerprint"], meta["location"]) == (fingerprint, str(validated))
     checks = artifact_meta(smoke.run_dir, "validate-data", "checks")
     assert checks == {"evaluated_expectations": report["statistics"]["evaluated_expectations"],
                       "unsuccessful_expectations": 0, "train_rows": 40, "validation_rows": 32}
@@ -123,7 +145,7 @@ def test_lm_adaptation_skipped_passes_the_base_through(smoke):
 
 def test_one_peft_prompt_per_seed(smoke):
     smoke_params = load_params("smoke")
-    validated = str(smoke.run_dir / "validate-data" / "validated")
+    data = outputs(smoke.run_dir, "validate-data")["parameterValues"]
     seeds = []
     for i in (0, 1):
         prompt = smoke.run_dir / f"for-loop-1-iteration-{i}" / "train-prompt" / "prompt"
@@ -136,7 +158,8 @@ def test_one_peft_prompt_per_seed(smoke):
         meta = json.loads((prompt / "softprompt.json").read_text())
         assert (meta["task"], meta["base_model"], meta["prompt_length"]) == ("rte", "tiny", 20)
         assert meta["steps_trained"] == smoke_params["train"]["steps"]
-        assert meta["data"]["source"] == validated  # trained on the validated artifact, not the raw input
+        assert meta["data"]["source"] == data["location"]  # trained on the validated copy, not the raw input
+        assert meta["data_content"] == {"fingerprint": data["fingerprint"], "location": data["location"]}
         seeds.append(meta["train"]["seed"])
         step_meta = artifact_meta(smoke.run_dir / f"for-loop-1-iteration-{i}", "train-prompt", "prompt")
         assert step_meta["seed"] == meta["train"]["seed"]
@@ -192,16 +215,58 @@ def test_registered_and_promoted_in_the_registry_repo(smoke):
 def test_summary_table(smoke):
     rows = table(smoke.out)
     metrics = json.loads((smoke.run_dir / "evaluate-prompts" / "evaluation" / "metrics.json").read_text())
-    report = json.loads((smoke.run_dir / "validate-data" / "validated.report" / "validation.json").read_text())
+    report = json.loads((smoke.run_dir / "validate-data" / "validation" / "validation.json").read_text())
     assert rows["task"] == "rte"
     assert rows["validation"] == f"passed ({report['statistics']['evaluated_expectations']} expectations)"
     assert rows["accuracy"] == f"{metrics['accuracy']:.2f}"
     assert rows["per prompt"] == ", ".join(f"{v:.2f}" for v in metrics["per_prompt"])
     assert rows["ensemble"] == f"{metrics['ensemble']['accuracy']:.2f}"
     assert rows["registered"] == "rte-prompt@v1.0.0"
+    data = outputs(smoke.run_dir, "validate-data")["parameterValues"]
+    assert rows["data"] == f"{data['fingerprint']} ({data['location']})"
+    assert rows["cached"] == "none"  # a fresh pipeline root: nothing to reuse
     assert rows["promoted"] == "True"
     assert rows["artifacts"] == str(smoke.run_dir)
     assert 0 < float(rows["time"].removesuffix(" s")) < 600
+
+
+def test_retraining_follows_the_data_content(smoke):
+    """The scheduled-retraining cases, on the smoke run's pipeline root, kfp.local cache and registry: the same
+    data again registers nothing new (train and evaluate come from the cache, validation runs); one training
+    row fewer trains again and registers v2, whose lineage names the new fingerprint."""
+    v1_lineage = registry.versions(smoke.registry, "rte")[0].meta
+
+    rc, out, run_dir = run_pipeline(smoke.root, smoke.argv)
+    assert rc == 0, out[-3000:]
+    rows = table(out)
+    assert rows["cached"] == "evaluate-prompts, lm-adapt, train-prompt"
+    assert {p.name for p in run_dir.iterdir()} == {"validate-data", "register-prompt"}  # only these ran
+    assert rows["registered"].startswith("rte-prompt@v1.0.0 (nothing new registered: ")
+    assert "is already registered as rte-prompt@v1.0.0" in rows["registered"]
+    assert rows["accuracy"] == table(smoke.out)["accuracy"]  # read from the cached evaluation
+    assert [v.number for v in registry.versions(smoke.registry, "rte")] == [1]
+    summary = (run_dir / "register-prompt" / "summary").read_text()
+    assert "| new version | False |" in summary and "| promoted | False |" in summary
+
+    changed = smoke.root / "RTE-changed"
+    changed.mkdir()
+    (changed / "val.jsonl").write_bytes((smoke.data / "val.jsonl").read_bytes())
+    train_rows = (smoke.data / "train.jsonl").read_text().splitlines(keepends=True)
+    (changed / "train.jsonl").write_text("".join(train_rows[1:]))  # one training row removed
+    argv = [a if a != str(smoke.data) else str(changed) for a in smoke.argv]
+    rc, out, run_dir = run_pipeline(smoke.root, [*argv, "--param", "promote=never"])
+    assert rc == 0, out[-3000:]
+    rows = table(out)
+    assert rows["cached"] == "lm-adapt"  # the base model did not change; the data did
+    assert rows["registered"] == "rte-prompt@v2.0.0"
+    v1, v2 = registry.versions(smoke.registry, "rte")
+    assert v1.meta == v1_lineage and v2.number == 2
+    assert v1.meta["data_fingerprint"] == fingerprint_of(smoke.data)
+    assert v2.meta["data_fingerprint"] == fingerprint_of(changed) != v1.meta["data_fingerprint"]
+    lineage = json.loads((smoke.registry / "registry" / "rte" / "v2" / "softprompt.json").read_text())["registry"]
+    assert lineage["data"]["fingerprint"] == v2.meta["data_fingerprint"]
+    assert lineage["data"]["location"] == str(smoke.root / "validated-data" / "rte" / fingerprint_of(changed))
+    assert outputs(run_dir, "validate-data")["parameterValues"]["fingerprint"] == v2.meta["data_fingerprint"]
 
 
 def test_below_threshold_skips_registration(tmp_path):

@@ -101,6 +101,39 @@ def test_register_promote_by_metric_and_gate(repo, settings, prompts, tmp_path):
     assert r1.md5 in prod
 
 
+def test_same_prompt_content_registers_nothing_new(repo, settings, prompts, tmp_path):
+    """A retrain that produced the very same prompt (an unchanged week) adds no version; new content does, and
+    its lineage names the data fingerprint it was trained on."""
+    import shutil
+
+    from softprompt.prompt import META_FILE
+
+    def with_data(name: str, fingerprint: str) -> Path:
+        copy = tmp_path / f"{name}-{fingerprint}"
+        shutil.copytree(prompts[name], copy)
+        meta = json.loads((copy / META_FILE).read_text())
+        meta.update(data_content={"fingerprint": fingerprint, "location": f"/data/rte/{fingerprint}"},
+                    train_seconds=len(fingerprint))  # softprompt.json differs run to run; the prompt does not
+        (copy / META_FILE).write_text(json.dumps(meta))
+        return copy
+
+    r1 = registry.register(repo, "rte", with_data("rte1", "aaa"), metrics(tmp_path, "rte", 60.0), settings=settings)
+    head = git(repo, "rev-parse", "HEAD")
+    again = registry.register(repo, "rte", with_data("rte1", "aaaa"), metrics(tmp_path, "rte", 61.0),
+                              settings=settings)
+    assert (again.new, again.version, again.tag, again.promoted) == (False, 1, "rte-prompt@v1.0.0", False)
+    assert "nothing new registered" in again.reason and "already registered as rte-prompt@v1.0.0" in again.reason
+    assert git(repo, "rev-parse", "HEAD") == head and [v.number for v in registry.versions(repo, "rte")] == [1]
+
+    r2 = registry.register(repo, "rte", with_data("rte2", "bbb"), metrics(tmp_path, "rte", 70.0), settings=settings)
+    assert (r1.new, r2.new, r2.version) == (True, True, 2)
+    v1, v2 = registry.versions(repo, "rte")
+    assert (v1.meta["data_fingerprint"], v2.meta["data_fingerprint"]) == ("aaa", "bbb")
+    assert v1.meta["prompt_md5"] == registry.prompt_md5(prompts["rte1"]) != v2.meta["prompt_md5"]
+    lineage = json.loads((repo / "registry/rte/v2/softprompt.json").read_text())["registry"]
+    assert lineage["data"]["fingerprint"] == "bbb" and lineage["data"]["location"] == "/data/rte/bbb"
+
+
 def test_registry_list_cli_marks_production(repo, settings, prompts, tmp_path):
     from softprompt.cli import app
 

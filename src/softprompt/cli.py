@@ -268,6 +268,9 @@ def register(
     result = registry.register(repo, task, prompt, metrics, run_id=run_id, policy=promote and promote.value,
                          settings=registry.Settings.load(remote), code=code_version)
     typer.echo(json.dumps(asdict(result), indent=2))
+    if not result.new:
+        typer.echo(result.reason)
+        return
     state = "promoted to production" if result.promoted else "not promoted"
     typer.echo(f"registered {result.tag}; {state}: {result.reason}")
 

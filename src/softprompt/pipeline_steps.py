@@ -8,12 +8,13 @@ does the work, so no step's logic exists twice.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 from softprompt.errors import SoftpromptError
-from softprompt.io import atomic_dir, write_json
+from softprompt.io import atomic_dir, copy_dir, file_md5, write_json
 
 MODEL_REF = "model_ref.json"  # written instead of a checkpoint when LM adaptation is skipped
 
@@ -49,15 +50,77 @@ def export_hub_dataset(task_name: str, output: Path) -> Path:
     return output
 
 
-def validate_step(task: str, data: str, validated: str | Path, report: str | Path,
-                  workdir: str | Path) -> dict[str, Any]:
-    """Validate the task's data; on success the canonical dataset is written to `validated`, else it raises."""
+def data_fingerprint(files: dict[str, str]) -> str:
+    """One content hash for a dataset: md5 of the sorted (file name, file md5) list. Equal bytes give an equal
+    fingerprint wherever the files came from (directory, gs://, a Hub export); any changed row changes it."""
+    listing = json.dumps(sorted(files.items()))
+    return hashlib.md5(listing.encode()).hexdigest()
+
+
+def manifest_files(validated: Path) -> dict[str, str]:
+    """{file name: md5} of a validated dataset, from the manifest `softprompt validate` writes beside the files."""
+    from softprompt.validation import MANIFEST
+
+    manifest = json.loads((validated / MANIFEST).read_text(encoding="utf-8"))
+    return {info["file"]: info["md5"] for info in manifest["splits"].values()}
+
+
+def content_location(data_root: str, task: str, fingerprint: str) -> str:
+    """Where a validated dataset lives: DATA_ROOT/<task>/<fingerprint>, one immutable directory per content."""
+    if not data_root:
+        raise SoftpromptError("data_root is empty; set pipeline.data_root in params.yaml (a directory or gs:// "
+                              "prefix every step can read)")
+    root = data_root.rstrip("/") if data_root.startswith("gs://") else str(Path(data_root).expanduser())
+    return f"{root}/{task}/{fingerprint}"
+
+
+def publish(staged: Path, location: str) -> bool:
+    """Copy a validated dataset to its content-addressed location unless it is already there (same content,
+    same path: never rewritten, so a run reading it is never disturbed). Returns whether it was written."""
+    from softprompt.validation import MANIFEST
+
+    if location.startswith("gs://"):
+        from softprompt.gcs import client, split_uri
+
+        bucket_name, prefix = split_uri(location)
+        bucket = client().bucket(bucket_name)
+        if bucket.blob(f"{prefix}/{MANIFEST}").exists():
+            return False
+        # The manifest goes last: a location with a manifest is complete, so the check above is enough.
+        for path in sorted(staged.iterdir(), key=lambda p: p.name == MANIFEST):
+            bucket.blob(f"{prefix}/{path.name}").upload_from_filename(str(path), checksum="crc32c")
+        return True
+    if (Path(location) / MANIFEST).is_file():
+        return False
+    copy_dir(staged, location)
+    return True
+
+
+def validate_step(task: str, data: str, data_root: str, report: str | Path, workdir: str | Path) -> dict[str, Any]:
+    """Validate the task's data and store it by content: DATA_ROOT/<task>/<fingerprint>. Returns the report
+    with `fingerprint` (see data_fingerprint), `location` and `files` ({name: md5}); raises on bad data."""
     from softprompt.validation import summary, validate
 
-    result = validate(task, local_data(task, data, workdir), report, output=validated)
+    staged = Path(workdir) / "validated"
+    result = validate(task, local_data(task, data, workdir), report, output=staged)
     if not result["success"]:
         raise SoftpromptError(f"data validation failed for {task}:\n{summary(result)}")
-    return result
+    files = manifest_files(staged)
+    fingerprint = data_fingerprint(files)
+    location = content_location(data_root, task, fingerprint)
+    written = publish(staged, location)
+    return {**result, "fingerprint": fingerprint, "location": location, "files": files, "written": written}
+
+
+def fetch_validated(location: str, fingerprint: str, workdir: str | Path) -> Path:
+    """A local copy of the validated dataset at `location`, refused unless its files hash to `fingerprint`."""
+    local = local_data("", location, workdir)
+    actual = data_fingerprint({p.name: file_md5(p) for p in local.iterdir() if p.is_file()
+                               and p.name in manifest_files(local)})
+    if actual != fingerprint:
+        raise SoftpromptError(f"{location}: the files hash to {actual}, not the fingerprint {fingerprint} "
+                              "validation recorded; the data was modified after validation, rerun the pipeline")
+    return local
 
 
 def lm_adapt_step(base_model: str, steps: int, objective: str, corpus: str, output: str | Path,
@@ -93,13 +156,17 @@ def resolve_model(model_dir: str | Path) -> str:
 
 
 def train_step(task: str, data_dir: str | Path, model_dir: str | Path, output: str | Path,
-               profile: str | None = None, **overrides: Any) -> dict[str, Any]:
-    """Train one prompt with the profile's settings, `overrides` (prompt_length, init, steps, ...) winning."""
+               profile: str | None = None, data_meta: dict[str, Any] | None = None,
+               **overrides: Any) -> dict[str, Any]:
+    """Train one prompt with the profile's settings, `overrides` (prompt_length, init, steps, ...) winning.
+    `data_meta` (the data's fingerprint and location) goes into softprompt.json, so lineage can name it."""
     from softprompt.config import load_params, training_configs
     from softprompt.training import train
 
     prompt_cfg, train_cfg, eval_cfg = training_configs(load_params(profile), **overrides)
-    return train(task, resolve_model(model_dir), data_dir, output, prompt_cfg, train_cfg, eval_cfg, progress=False)
+    extra = {"data_content": data_meta} if data_meta else None
+    return train(task, resolve_model(model_dir), data_dir, output, prompt_cfg, train_cfg, eval_cfg, progress=False,
+                 extra_meta=extra)
 
 
 def evaluate_step(task: str, data_dir: str | Path, prompt_dirs: list[str], output: str | Path,

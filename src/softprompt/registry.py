@@ -352,6 +352,10 @@ def code_version(repo: Path) -> str:
 def data_version(repo: Path, task: str, meta: dict[str, Any]) -> dict[str, Any]:
     """The data the prompt was trained on: training's record, plus DVC's hash from dvc.lock when present."""
     out = dict(meta.get("data") or {})
+    content = meta.get("data_content") or {}  # the pipeline's validated data: content fingerprint and location
+    if content.get("fingerprint"):
+        out["fingerprint"] = content["fingerprint"]
+        out["location"] = content.get("location")
     lock = repo / "dvc.lock"
     if lock.is_file():
         with contextlib.suppress(yaml.YAMLError, AttributeError, TypeError):
@@ -390,6 +394,21 @@ class Registration:
     value: float
     promoted: bool
     reason: str
+    new: bool = True  # False: the prompt's content was already registered as `tag`; nothing was written
+
+
+def prompt_md5(prompt_dir: str | Path) -> str:
+    """The prompt's content hash: DVC's directory hash over its adapter files only. The registered copy's hash
+    also covers softprompt.json (run id, timings, lineage), which differs on every run of the same prompt."""
+    from softprompt.prompt import ADAPTER_FILES
+
+    entries = [{"md5": file_md5(Path(prompt_dir) / name), "relpath": name} for name in sorted(ADAPTER_FILES)]
+    return hashlib.md5(json.dumps(entries, sort_keys=True).encode()).hexdigest() + ".dir"
+
+
+def find_content(repo: Path, task: str, content_md5: str) -> Version | None:
+    """The registered version of `task` whose prompt content hash is `content_md5`, if any."""
+    return next((v for v in versions(repo, task) if v.meta.get("prompt_md5") == content_md5), None)
 
 
 def register(repo: str | Path | None, task: str, prompt_dir: str | Path, metrics_file: str | Path,
@@ -408,7 +427,10 @@ def register(repo: str | Path | None, task: str, prompt_dir: str | Path, metrics
     if meta.get("task") not in (None, task):
         raise SoftpromptError(f"--prompt {prompt_dir}: this prompt was trained on {meta['task']!r}, not {task!r}")
     main_metric, value, metrics = read_metrics(Path(metrics_file), task)
+    content_md5 = prompt_md5(prompt_dir)
     with registry_lock(root, settings.lock_timeout):
+        if (known := find_content(root, task, content_md5)) is not None:
+            return _already_registered(known, content_md5, main_metric, value, data_version(root, task, meta))
         config_files = ensure_dvc(root, settings)
         number = next_number(root, task)
         lineage = {
@@ -417,7 +439,7 @@ def register(repo: str | Path | None, task: str, prompt_dir: str | Path, metrics
             "data": data_version(root, task, meta), "code_version": code or code_version(root),
             "params": {"model": meta["base_model"], "prompt_length": meta.get("prompt_length"),
                        "init": meta.get("init"), "train": meta.get("train")},
-            "metrics": metrics, "main_metric": main_metric, "value": value,
+            "metrics": metrics, "main_metric": main_metric, "value": value, "prompt_md5": content_md5,
             "run_id": run_id or os.environ.get("SOFTPROMPT_RUN_ID") or "manual",
             "registered_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
@@ -428,14 +450,26 @@ def register(repo: str | Path | None, task: str, prompt_dir: str | Path, metrics
             # Push before committing: a version in git always has its files in the remote.
             dvc.push(targets=[str(dest)])
         dvc_file = dest.with_name(dest.name + ".dvc")
-        _write_dvc_meta(dvc_file, {k: lineage[k] for k in ("task", "version", "main_metric", "value", "run_id",
-                                                           "code_version", "registered_at", "base_model")})
+        _write_dvc_meta(dvc_file, {**{k: lineage[k] for k in ("task", "version", "main_metric", "value", "run_id",
+                                                              "code_version", "registered_at", "base_model",
+                                                              "prompt_md5")},
+                                   "data_fingerprint": lineage["data"].get("fingerprint")})
         md5 = read_dvc_file(dvc_file.read_text(), str(dvc_file))["md5"]
         commit = _commit(root, f"registry: register {artifact(task)} {semver(number)} ({main_metric}={value:g})",
                          [_rel(root, dvc_file), _rel(root, dest.parent / ".gitignore"), *config_files])
         _gto_register(root, task, number, commit, lineage)
         promoted, reason = _promote_locked(root, task, number, policy, settings)
     return Registration(task, number, f"{artifact(task)}@{semver(number)}", md5, main_metric, value, promoted, reason)
+
+
+def _already_registered(known: Version, content_md5: str, main_metric: str, value: float,
+                        data: dict[str, Any]) -> Registration:
+    tag = f"{artifact(known.task)}@{semver(known.number)}"
+    data_note = f", data fingerprint {data['fingerprint']}" if data.get("fingerprint") else ""
+    reason = (f"nothing new registered: this prompt's content (md5 {content_md5}{data_note}) is already "
+              f"registered as {tag}")
+    log.info(reason)
+    return Registration(known.task, known.number, tag, known.md5, main_metric, value, False, reason, new=False)
 
 
 def _gto_register(repo: Path, task: str, number: int, commit: str, lineage: dict[str, Any]) -> None:
