@@ -13,8 +13,11 @@ Writes benchmarks/results/replication.{json,md} and replication*.png.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import logging
+import math
+import multiprocessing
 import os
 import statistics
 import time
@@ -54,6 +57,8 @@ class Replication:
         self.params = load_params(settings["profile"])
         self.lm_base, self.span_base = str(ROOT / self.params["model"]), str(ROOT / settings["span_base"])
         self.runs: dict[str, dict[str, Any]] = {}
+        self.planning = False  # True: queue unfinished runs in `pending` instead of running them
+        self.pending: list[dict[str, Any]] = []
 
     def configs(self, method: str, seed: int, length: int, init: str,
                 sentinel: bool) -> tuple[PromptConfig, TrainConfig, EvalConfig]:
@@ -62,14 +67,17 @@ class Replication:
 
     def trained(self, name: str, method: str, seed: int, base: str, length: int = 20, init: str = "class-label",
                 sentinel: bool = False, task: str = TASK, data: Path | None = None) -> float:
-        """Accuracy of one training run on the held-out rows (a finished run under workdir is reused)."""
+        """Accuracy of one training run on the held-out rows (a finished run under workdir is reused; while
+        planning, an unfinished one is queued and reads as NaN)."""
         out = self.workdir / f"{name}-s{seed}"
         meta_path = out / META_FILE
         if not meta_path.is_file():
-            started = time.time()
-            train(task, base, data or self.data, out, *self.configs(method, seed, length, init, sentinel),
-                  progress=False)
-            log.info("%-28s seed %d  %.0f s", name, seed, time.time() - started)
+            job = dict(kind="train", name=name, task=task, base=base, data=str(data or self.data), out=str(out),
+                       configs=self.configs(method, seed, length, init, sentinel))
+            if self.planning:
+                self.pending.append(job)
+                return math.nan
+            run_job(job)
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         value = float(meta["metrics"]["validation"]["accuracy"])
         self.runs[f"{name}-s{seed}"] = {"accuracy": value, "train_seconds": meta.get("train_seconds"),
@@ -81,14 +89,58 @@ class Replication:
         out = self.workdir / f"{name}.json"
         if not out.is_file():
             ev = self.params["eval"]
-            run_evaluation(task, out, model=self.lm_base, data=data or self.data, mode=ev["mode"],
-                           batch_size=ev["batch_size"], method=method, progress=False)
+            job = dict(kind="evaluate", name=name, task=task, out=str(out), model=self.lm_base,
+                       data=str(data or self.data), mode=ev["mode"], batch_size=ev["batch_size"], method=method)
+            if self.planning:
+                self.pending.append(job)
+                return math.nan
+            run_job(job)
         value = float(json.loads(out.read_text(encoding="utf-8"))["accuracy"])
         self.runs[name] = {"accuracy": value}
         return value
 
     def seeds(self, n: int | None = None) -> list[int]:
         return list(range(n or self.s["seeds"]))
+
+
+def run_job(job: dict[str, Any], threads: int | None = None) -> str:
+    """Train or evaluate one queued run (in a worker process of its own when run in parallel)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    started = time.time()
+    if job["kind"] == "train":
+        train(job["task"], job["base"], job["data"], job["out"], *job["configs"], progress=False)
+    else:
+        run_evaluation(job["task"], job["out"], model=job["model"], data=job["data"], mode=job["mode"],
+                       batch_size=job["batch_size"], method=job["method"], progress=False)
+    return f"{Path(job['out']).name:<36} {time.time() - started:5.0f} s"
+
+
+def run_pending(r: Replication, jobs: int) -> None:
+    """Every queued run, `jobs` at a time, each process on one thread (small matrices scale poorly across
+    threads; two single-threaded processes use two cores better than one process with two threads)."""
+    # Longest first, so the last ones to finish are short: P=100 and model tuning cost the most.
+    def cost(job: dict[str, Any]) -> float:
+        prompt_cfg, train_cfg, _ = job.get("configs", (None, None, None))
+        if train_cfg is None:
+            return 0.5
+        return (3.0 if train_cfg.method == "model" else 1.0) * (1 + (prompt_cfg.length / 60))
+
+    queue = sorted(r.pending, key=cost, reverse=True)
+    log.info("%d runs to do, %d at a time", len(queue), jobs)
+    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=_quiet) as pool:
+        for line in pool.map(run_job, queue, [1 if jobs > 1 else None] * len(queue)):
+            log.info("done %s", line)
+    r.pending = []
+
+
+def _quiet() -> None:
+    logging.basicConfig(level=logging.WARNING)
+    for name in ("transformers", "softprompt", "peft", "accelerate"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def stats(values: list[float]) -> dict[str, Any]:
@@ -119,6 +171,11 @@ def run_all(r: Replication) -> tuple[dict[str, Any], dict[str, Any]]:
     members = [r.workdir / f"prompt-p20-class-label-s{s}" for s in r.seeds(size)]
     for s in r.seeds(size):
         r.trained("prompt-p20-class-label", "prompt", s, r.lm_base)
+    rte = ([r.evaluated("rte-zero-shot", "model", task="rte", data=r.rte)]
+           + [r.trained("rte-prompt-p20", "prompt", s, r.lm_base, task="rte", data=r.rte)
+              for s in r.seeds(1)]) if r.rte is not None else []  # one seed: a sanity row, not a finding
+    if r.planning:
+        return {}, {}
     ens = run_ensemble(TASK, members, r.workdir / "ensemble", data=r.data, split="validation",
                        mode=r.params["eval"]["mode"], batch_size=r.params["eval"]["batch_size"], progress=False)
     res[f"ensemble/{size}"] = stats([ens["ensemble"]["accuracy"]])
@@ -127,12 +184,8 @@ def run_all(r: Replication) -> tuple[dict[str, Any], dict[str, Any]]:
     neighbors = run_neighbors(members[0], r.workdir / "neighbors", k=5)
     extra = {"ensemble": ens, "neighbors": {k: neighbors[k] for k in neighbors if k != "positions"},
              "neighbors_table": neighbors.get("positions")}
-    if r.rte is not None:
-        extra["rte"] = {
-            "zero_shot": r.evaluated("rte-zero-shot", "model", task="rte", data=r.rte),
-            "prompt_tuning": stats([r.trained("rte-prompt-p20", "prompt", s, r.lm_base, task="rte", data=r.rte)
-                                    for s in r.seeds(1)]),  # one seed: a sanity row, not a finding
-            "chance": 50.0}
+    if rte:
+        extra["rte"] = {"zero_shot": rte[0], "prompt_tuning": stats(rte[1:]), "chance": 50.0}
     return {k: res[k] for k in KEYS}, extra
 
 
@@ -263,6 +316,8 @@ def main() -> None:
                         help="where runs are written and reused (default runs/replicate)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the report goes")
     parser.add_argument("--seeds", type=int, help="override replicate.seeds (quick checks)")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                        help="runs in parallel, one thread each (default: one per CPU core)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     for name in ("transformers", "softprompt", "peft", "accelerate"):
@@ -275,6 +330,10 @@ def main() -> None:
     rte = shared / "superglue" / "RTE"
     r = Replication(settings, args.workdir, ROOT / settings["data"], rte if rte.is_dir() else None)
     started = time.time()
+    r.planning = True
+    run_all(r)  # queues what is not finished yet
+    r.planning = False
+    run_pending(r, args.jobs)
     results, extra = run_all(r)
     report = {
         "task": TASK, "chance": CHANCE, "eval_rows": settings["eval_rows"], "seeds": settings["seeds"],
