@@ -75,7 +75,7 @@ class Replication:
             job = dict(kind="train", name=name, task=task, base=base, data=str(data or self.data), out=str(out),
                        configs=self.configs(method, seed, length, init, sentinel))
             if self.planning:
-                self.pending.append(job)
+                self.queue(job)
                 return math.nan
             run_job(job)
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
@@ -92,12 +92,17 @@ class Replication:
             job = dict(kind="evaluate", name=name, task=task, out=str(out), model=self.lm_base,
                        data=str(data or self.data), mode=ev["mode"], batch_size=ev["batch_size"], method=method)
             if self.planning:
-                self.pending.append(job)
+                self.queue(job)
                 return math.nan
             run_job(job)
         value = float(json.loads(out.read_text(encoding="utf-8"))["accuracy"])
         self.runs[name] = {"accuracy": value}
         return value
+
+    def queue(self, job: dict[str, Any]) -> None:
+        """Queue a run once (several rows share runs: the ensemble's members are the main prompts)."""
+        if all(j["out"] != job["out"] for j in self.pending):
+            self.pending.append(job)
 
     def seeds(self, n: int | None = None) -> list[int]:
         return list(range(n or self.s["seeds"]))
