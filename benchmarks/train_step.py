@@ -69,7 +69,6 @@ def plain_loop(model_dir: str, method: str, text_len: int, prompt_len: int, batc
     import torch
     from peft import PromptTuningConfig, TaskType, get_peft_model
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
-    from transformers.optimization import Adafactor
 
     torch.manual_seed(0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -78,9 +77,11 @@ def plain_loop(model_dir: str, method: str, text_len: int, prompt_len: int, batc
     if method == "prompt":
         model = get_peft_model(model, PromptTuningConfig(task_type=TaskType.SEQ_2_SEQ_LM, num_virtual_tokens=prompt_len,
                                                          num_transformer_submodules=1))
-    lr = 0.3 if method == "prompt" else 0.001
-    opt = Adafactor([p for p in model.parameters() if p.requires_grad], lr=lr, scale_parameter=False,
-                    relative_step=False, warmup_init=False, decay_rate=-0.8, weight_decay=1e-5)
+    from softprompt.config import TrainConfig
+    from softprompt.training import adafactor
+
+    optimizer_cls, kwargs = adafactor(TrainConfig(method=method))  # the same optimizer and recipe as softprompt
+    opt = optimizer_cls([p for p in model.parameters() if p.requires_grad], **kwargs)
     x = tok(["rte hypothesis: h premise: " + "x" * (text_len - 28)] * batch, return_tensors="pt").to(device)
     y = tok(["not_entailment"] * batch, return_tensors="pt").input_ids.to(device)
     assert x.input_ids.shape[1] == text_len

@@ -49,7 +49,7 @@ def test_prompt_design_baseline_needs_no_training(rte_dir, tmp_path):
 def test_design_is_described_as_a_zero_shot_instruction_and_takes_shots(rte_dir, tmp_path):
     """--method design is a zero-shot instruction to the frozen T5 (not the paper's GPT-3 few-shot); --shots K
     puts K training examples, fixed by --seed, in front of every input."""
-    text = " ".join(run("evaluate", "--help").stdout.split())
+    text = " ".join(run("evaluate", "--help").stdout.replace("│", " ").split())  # unwrap rich's help boxes
     assert "zero-shot text instruction to the frozen T5" in text and "GPT-3" in text and "--shots" in text
     outputs = {}
     for name, seed in (("a", 3), ("b", 3), ("c", 4)):
