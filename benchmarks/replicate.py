@@ -149,6 +149,8 @@ def _quiet() -> None:
 
 
 def stats(values: list[float]) -> dict[str, Any]:
+    if any(math.isnan(v) for v in values):  # a run still queued (planning)
+        return {"mean": math.nan, "std": math.nan, "n": len(values), "values": values}
     return {"mean": round(statistics.fmean(values), 2),
             "std": round(statistics.stdev(values), 2) if len(values) > 1 else 0.0,
             "n": len(values), "values": [round(v, 2) for v in values]}

@@ -119,7 +119,7 @@ def test_mixture_interleaves_labelled_train_rows_behind_the_prefix(tmp_path: Pat
     split_file(write_ag_news(tmp_path / "all.csv", 80), data, validation_rows=40, seed=0)
     text = write_words(tmp_path / "w.txt")
     with text.open("a", encoding="utf-8") as f:  # the news text too, so it tokenizes without <unk>
-        f.writelines(f"{row[1]} {row[2]} World Sports Business Sci/Tech label:\n"
+        f.writelines(f"{row[1]} {row[2]} World Sports Business Sci/Tech label: text:\n"
                      for row in csv.reader((tmp_path / "all.csv").open()))
     tok = load_tokenizer(train_vocabulary(open_corpus(str(text)), 150, tmp_path / "v"))
     self_supervised = [{"input_ids": [5, 6, 1], "labels": [7, 1], "attention_mask": [1, 1, 1]}] * 400
