@@ -28,7 +28,7 @@ from softprompt.config import load_params
 # image); kfp.local warns about the custom base image each time
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:You may be attemping:RuntimeWarning")]
 
-TABLE_KEYS = ("task", "validation", "accuracy", "per prompt", "ensemble", "data", "cached", "registered", "promoted",
+TABLE_KEYS = ("task", "validation", "score", "per prompt", "ensemble", "data", "cached", "registered", "promoted",
               "time", "artifacts")
 
 
@@ -169,7 +169,8 @@ def test_one_peft_prompt_per_seed(smoke):
 def test_evaluation_metrics_confusion_and_ensemble(smoke):
     evaluation = smoke.run_dir / "evaluate-prompts" / "evaluation"
     metrics = json.loads((evaluation / "metrics.json").read_text())
-    assert metrics["main_metric"] == "accuracy" and 0.0 <= metrics["accuracy"] <= 1.0
+    assert metrics["main_metric"] == "score" and metrics["score"] == metrics["accuracy"]  # RTE: score = accuracy
+    assert 0.0 <= metrics["accuracy"] <= 1.0
     assert metrics["num_examples"] == 32 and metrics["split"] == "validation"
     cm = metrics["confusion_matrix"]
     assert cm["labels"][:2] == ["entailment", "not_entailment"]
@@ -184,7 +185,7 @@ def test_evaluation_metrics_confusion_and_ensemble(smoke):
     assert step["parameterValues"]["Output"] == metrics["accuracy"]
     logged = artifact_meta(smoke.run_dir, "evaluate-prompts", "metrics")
     assert logged["accuracy"] == metrics["accuracy"]
-    assert [logged["prompt_0_accuracy"], logged["prompt_1_accuracy"]] == metrics["per_prompt"]
+    assert [logged["prompt_0_score"], logged["prompt_1_score"]] == metrics["per_prompt"]
     assert logged["ensemble_accuracy"] == metrics["ensemble"]["accuracy"]
     ui_cm = artifact_meta(smoke.run_dir, "evaluate-prompts", "confusion")["confusionMatrix"]
     assert [a["displayName"] for a in ui_cm["annotationSpecs"]] == cm["labels"]
@@ -205,7 +206,7 @@ def test_registered_and_promoted_in_the_registry_repo(smoke):
     assert registry.production(smoke.registry, "rte").number == version.number == 1
     metrics = json.loads((smoke.run_dir / "evaluate-prompts" / "evaluation" / "metrics.json").read_text())
     dvc_meta = registry.read_dvc_file((smoke.registry / "registry" / "rte" / "v1.dvc").read_text(), "v1.dvc")["meta"]
-    assert dvc_meta["value"] == metrics["accuracy"] and dvc_meta["main_metric"] == "accuracy"
+    assert dvc_meta["value"] == metrics["accuracy"] and dvc_meta["main_metric"] == "score"
     assert dvc_meta["run_id"] and "{{" not in dvc_meta["run_id"]  # the run's id, not the placeholder
     assert any(p.is_file() for p in smoke.remote.rglob("*"))  # the prompt's files were pushed to the DVC remote
     summary = (smoke.run_dir / "register-prompt" / "summary").read_text()
@@ -218,7 +219,7 @@ def test_summary_table(smoke):
     report = json.loads((smoke.run_dir / "validate-data" / "validation" / "validation.json").read_text())
     assert rows["task"] == "rte"
     assert rows["validation"] == f"passed ({report['statistics']['evaluated_expectations']} expectations)"
-    assert rows["accuracy"] == f"{metrics['accuracy']:.2f}"
+    assert rows["score"] == f"{metrics['accuracy']:.2f}"
     assert rows["per prompt"] == ", ".join(f"{v:.2f}" for v in metrics["per_prompt"])
     assert rows["ensemble"] == f"{metrics['ensemble']['accuracy']:.2f}"
     assert rows["registered"] == "rte-prompt@v1.0.0"
@@ -243,7 +244,7 @@ def test_retraining_follows_the_data_content(smoke):
     assert {p.name for p in run_dir.iterdir()} == {"validate-data", "register-prompt"}  # only these ran
     assert rows["registered"].startswith("rte-prompt@v1.0.0 (nothing new registered: ")
     assert "is already registered as rte-prompt@v1.0.0" in rows["registered"]
-    assert rows["accuracy"] == table(smoke.out)["accuracy"]  # read from the cached evaluation
+    assert rows["score"] == table(smoke.out)["score"]  # read from the cached evaluation
     assert [v.number for v in registry.versions(smoke.registry, "rte")] == [1]
     summary = (run_dir / "register-prompt" / "summary").read_text()
     assert "| new version | False |" in summary and "| promoted | False |" in summary

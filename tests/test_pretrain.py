@@ -137,8 +137,13 @@ def test_mixture_interleaves_labelled_train_rows_behind_the_prefix(tmp_path: Pat
     assert 0.22 < len(labelled) / len(rows) < 0.38  # ~ the rate
     texts = {tok.decode(r["input_ids"], skip_special_tokens=True) for r in labelled}
     assert all(t.startswith("label: text: Story") for t in texts)  # the prefix replaces "ag_news"
-    train_titles = {row[1] for row in csv.reader((data / "train.csv").open())}
-    assert {t.split(" text: ")[1].split(" ")[1] for t in texts} <= {s.split(" ")[1] for s in train_titles}
+    # Exactly the train split's rows (token for token), never a validation row.
+    def encoded(split: str) -> set[tuple[int, ...]]:
+        rows = load_examples(get_task("ag_news", taskless=True), data, split)
+        return {tuple(tok(f"label: {e.inputs}", max_length=32, truncation=True).input_ids) for e in rows}
+
+    assert {tuple(r["input_ids"]) for r in labelled} == encoded("train")
+    assert not encoded("train") & encoded("validation")
     targets = {tok.decode(r["labels"], skip_special_tokens=True) for r in labelled}
     assert targets <= {"World", "Sports", "Business", "Sci/Tech"} and len(targets) == 4
     assert list(mixture.dataset(Base(), tok, cfg())) == rows  # reproducible

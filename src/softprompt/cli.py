@@ -188,7 +188,7 @@ def evaluate(
     with progress_to_stderr():
         result = run_evaluation(task, output, prompt=prompt, model=model, data=data, mode=cfg.mode, split=cfg.split,
                                 batch_size=cfg.batch_size, method=method.value, limit=limit, taskless=taskless,
-                                shots=cfg.shots if method == EvalMethod.design else 0,
+                                shots=shots if shots is not None else cfg.shots if method == EvalMethod.design else 0,
                                 seed=params["train"]["seed"] if seed is None else seed)
     typer.echo(json.dumps({k: v for k, v in result.items() if k != "confusion_matrix"}, indent=2))
     typer.echo(f"wrote {output}")

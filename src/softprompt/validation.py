@@ -46,9 +46,10 @@ DOCS_DIR = "data_docs"
 MANIFEST = "validated.json"
 TRAIN_INPUTS = "train_input_keys"  # suite parameter: the train split's input keys (leakage check)
 # Python type names each task field type may hold (GX's expect_column_values_to_be_in_type_list).
-# NUL and the other C0/C1 control characters (tab, newline and carriage return are text): no task's text has
-# them, and a tokenizer would silently drop or mangle them.
-CONTROL_CHARS = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]"
+# NUL and the other C0 control characters and DEL (tab, newline and carriage return are text): a tokenizer
+# would silently drop or mangle them. C1 (U+0080-U+009F) is left alone: the official RTE files hold it in
+# mojibake ("Iraq\u00e2\u0080\u0099s"), which every published result was trained and scored on.
+CONTROL_CHARS = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]"
 TYPE_NAMES = {"str": ["str"], "int": ["int"], "bool": ["bool"], "float": ["float", "int"],
               "label": ["str", "int", "bool"], "dict": ["dict"], "list": ["list"]}
 _V = load_params().get("validate", {})

@@ -22,7 +22,8 @@ def test_dvc_metrics_show_reads_the_evaluation_metrics(project):
     shown = json.loads(project.run("dvc", "metrics", "show", "--json"))
     metrics = shown[""]["data"][f"metrics/{TASK}.json"]["data"]
     written = json.loads((project.root / f"metrics/{TASK}.json").read_text())
-    assert metrics["task"] == TASK and metrics["main_metric"] == "accuracy"
+    assert metrics["task"] == TASK and metrics["main_metric"] == "score"  # RTE: score = accuracy
+    assert metrics["score"] == written["score"] == written["accuracy"]
     assert metrics["accuracy"] == written["accuracy"] and metrics["num_examples"] == 8
 
 

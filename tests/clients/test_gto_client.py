@@ -14,16 +14,24 @@ ARTIFACT = f"{TASK}-prompt"
 
 @pytest.fixture(scope="module")
 def registry_repo(project, tmp_path_factory) -> Project:
-    """A registry repo with two versions of the repro'd prompt, neither promoted at registration, then v2 promoted."""
+    """A registry repo with two versions (the repro'd prompt, then one of another seed), neither promoted at
+    registration, then v2 promoted."""
     tmp = tmp_path_factory.mktemp("gto")
     reg = Project(tmp / "registry", {**project.env, "SOFTPROMPT_REGISTRY_REMOTE": str(tmp / "remote")})
     reg.root.mkdir()
     (reg.root / "README.md").write_text("registry\n")
     for args in (["init", "-q", "-b", "main"], ["add", "README.md"], ["commit", "-qm", "init"]):
         reg.run("git", *args)
-    for _ in range(2):
-        reg.run("softprompt", "register", "--task", TASK, "--prompt", str(project.root / f"prompts/{TASK}"),
-                "--metrics", str(project.root / f"metrics/{TASK}.json"), "--promote", "never", "--repo", str(reg.root))
+    # Two different prompts: registering the same content twice is refused as nothing new.
+    second = tmp / "seed11"
+    project.run("softprompt", "train", "--task", TASK, "--data", f"data/validated/{TASK}", "--profile", "smoke",
+                "--seed", "11", "--output", str(second / "prompt"))
+    project.run("softprompt", "evaluate", "--task", TASK, "--prompt", str(second / "prompt"), "--data",
+                f"data/validated/{TASK}", "--profile", "smoke", "--output", str(second / "metrics.json"))
+    for prompt, metrics in ((project.root / f"prompts/{TASK}", project.root / f"metrics/{TASK}.json"),
+                            (second / "prompt", second / "metrics.json")):
+        reg.run("softprompt", "register", "--task", TASK, "--prompt", str(prompt), "--metrics", str(metrics),
+                "--promote", "never", "--repo", str(reg.root))
     reg.run("softprompt", "promote", "--task", TASK, "--version", "2", "--force", "--repo", str(reg.root))
     return reg
 
