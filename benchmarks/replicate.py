@@ -218,6 +218,13 @@ def base_record(r: Replication, params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def train_record(train: dict[str, Any]) -> dict[str, Any]:
+    """The training settings every run shared (the `replicate.profile` profile of params.yaml)."""
+    return {"steps": train["steps"], "batch_size": train["batch_size"], "eval_every": train["eval_every"],
+            "prompt_lr": train["optimizer"]["prompt"]["lr"], "model_lr": train["optimizer"]["model"]["lr"],
+            "max_source_length": train["max_source_length"]}
+
+
 # ------------------------------------------------------------------------------------------- reports
 
 def fmt(s: dict[str, Any]) -> str:
@@ -345,7 +352,7 @@ def main() -> None:
     report = {
         "task": TASK, "chance": CHANCE, "eval_rows": settings["eval_rows"], "seeds": settings["seeds"],
         "base": base_record(r, params), "results": results,
-        "train": {k: r.params["train"][k] for k in ("steps", "batch_size", "prompt_lr", "model_lr")},
+        "train": train_record(r.params["train"]),
         "profile": settings["profile"], "machine": f"{os.cpu_count()} CPU cores",
         "wall_minutes": round((time.time() - started) / 60, 1), "runs": r.runs, "extra": extra,
     }

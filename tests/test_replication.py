@@ -66,3 +66,15 @@ def test_report_helpers_on_a_small_report(tmp_path: Path):
     text = replicate.markdown(report)
     assert "| prompt_tuning | 54.0 ± 2.0 |" in text and "2.0M parameters" in text
     assert replicate.plots(report, tmp_path)[0].is_file()
+
+
+def test_train_record_reads_the_replication_profile():
+    from softprompt.config import load_params
+
+    replicate = replicate_module()
+    params = load_params()
+    train = load_params(params["replicate"]["profile"])["train"]
+    record = replicate.train_record(train)
+    assert record["prompt_lr"] == train["optimizer"]["prompt"]["lr"] == 0.3
+    assert record["model_lr"] == train["optimizer"]["model"]["lr"]
+    assert record["steps"] == train["steps"] and record["batch_size"] == train["batch_size"]
