@@ -4,7 +4,6 @@ import json
 import re
 import subprocess
 import sys
-from enum import Enum
 
 import click
 import pytest
@@ -143,7 +142,7 @@ def test_option_defaults_are_params_yaml_values(application):
         match = SHOWN.match(option.show_default) if isinstance(option.show_default, str) else None
         if match:
             value = param_value(match["path"], params)
-            assert match["value"] == str(value.value if isinstance(value, Enum) else value), where
+            assert match["value"] == ("''" if value == "" else str(value)), where
             assert option.default is None, where
             documented.append(where)
         elif not option.is_flag and option.default is not None:

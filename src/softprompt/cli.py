@@ -11,7 +11,6 @@ import logging
 import os
 import sys
 import warnings
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -53,7 +52,7 @@ def setting(path: str, *decls: str, doc: type | str, **kwargs: Any) -> Any:
     the config field's own description (`doc` a config class: the field named as the path's last part) or `doc`."""
     text = help_of(doc, path.rsplit(".", 1)[-1]) if isinstance(doc, type) else doc
     value = param_value(path)
-    shown = value.value if isinstance(value, Enum) else value
+    shown = "''" if value == "" else value
     return typer.Option(*decls, help=text, show_default=f"{shown}, params.yaml {path}", **kwargs)
 
 
