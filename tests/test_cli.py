@@ -4,12 +4,13 @@ import json
 import re
 import subprocess
 import sys
+from typing import Any
 
-import click
 import pytest
 import typer
 from conftest import REPO
 from peft import PeftModel
+from typer.testing import CliRunner
 
 from softprompt.config import (
     EvalMode,
@@ -113,15 +114,16 @@ def test_help_explains_every_command():
     assert "--prompt-length" in run("train", "--help").stdout
 
 
-def click_options(application) -> list[tuple[str, click.Option]]:
-    """(command path, option) of every option of a typer app, subcommands included."""
+def click_options(application) -> list[tuple[str, Any]]:
+    """(command path, option) of every option of a typer app, subcommands included (typer builds them with its
+    own copy of click, so they are told apart by what they have, not by click's classes)."""
 
-    def walk(command: click.Command, path: str):
-        if isinstance(command, click.Group):
+    def walk(command: Any, path: str):
+        if hasattr(command, "commands"):
             for name, sub in command.commands.items():
                 yield from walk(sub, f"{path} {name}".strip())
         else:
-            yield from ((path, p) for p in command.params if isinstance(p, click.Option))
+            yield from ((path, p) for p in command.params if p.param_type_name == "option")
 
     return list(walk(typer.main.get_command(application), ""))
 
@@ -159,7 +161,9 @@ def test_help_is_the_config_fields_own_text():
     assert options[("registry promote", "--margin")].help == help_of(RegistryConfig, "promotion_margin")
     assert options[("registry promote", "--margin")].show_default == (
         f"{load_params()['registry']['promotion_margin']}, params.yaml registry.promotion_margin")
-    assert [c.value for c in EvalMode] == list(options[("evaluate", "--mode")].type.choices)
+    # The choices are the vocabulary's enum: a value outside it is refused, naming each choice.
+    refused = CliRunner().invoke(app, ["evaluate", "--task", "rte", "--output", "x.json", "--mode", "bogus"])
+    assert refused.exit_code == 2 and all(f"'{m.value}'" in refused.output for m in EvalMode), refused.output
 
 
 def test_registry_commands_are_one_group():

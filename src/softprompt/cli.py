@@ -14,7 +14,6 @@ import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 
 from softprompt.config import (
@@ -570,18 +569,19 @@ def transfer(
 
 def run_app(application: typer.Typer, argv: list[str] | None = None) -> int:
     """Run a typer app (this CLI, `python -m softprompt.cluster`, `python -m pipelines.run`) and return its exit
-    status: a SoftpromptError prints one `error: ...` line and gives 2, a usage error click's message and 2."""
+    status: a SoftpromptError prints one `error: ...` line and gives 2; a usage error prints click's message
+    and gives its status (2). Ctrl-C gives 130 (typer turns it into that exit status)."""
     try:
         status = application(args=argv, standalone_mode=False)
     except SoftpromptError as e:
         typer.echo(f"error: {e}", err=True)
         return 2
-    except click.ClickException as e:
-        e.show()
+    except typer.TyperException as e:  # typer's own click: usage errors, and --help with no arguments
+        show = getattr(e, "show", None)
+        show() if show else typer.echo(f"error: {e.format_message()}", err=True)
         return e.exit_code
-    except (click.Abort, KeyboardInterrupt):
-        typer.echo("interrupted; rerun the same command to resume from the last checkpoint", err=True)
-        return 130
+    except typer.Abort:
+        return 1
     return status if isinstance(status, int) else 0
 
 
