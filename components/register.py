@@ -11,13 +11,19 @@ def register_prompt(task: str, prompt: Input[Model], evaluation: Input[Dataset],
                     registry_remote: str, promote: str, promotion_margin: float, run_id: str,
                     summary: Output[Markdown]) -> str:
     """Register the best prompt with its lineage; returns the version name (e.g. rte-prompt@v3.0.0). A prompt
-    whose content is already registered adds nothing: it returns that version and the summary says why."""
+    whose content is already registered adds nothing: it returns that version and the summary says why.
+
+    The summary artifact's metadata carries the result (`version`, `promoted`, `reason`, `new`, the metric) for
+    whatever runs next; its Markdown renders the same for people in the Kubeflow UI."""
     import os
 
     from softprompt.pipeline_steps import register_step
 
     reg = register_step(task, prompt.path, os.path.join(evaluation.path, "metrics.json"), repo=registry_repo or None,
                         run_id=run_id, policy=promote, margin=promotion_margin, remote=registry_remote or None)
+    summary.metadata.update({"task": task, "version": reg["tag"], "promoted": reg["promoted"], "reason": reg["reason"],
+                             "new": reg["new"], "main_metric": reg["main_metric"], "value": reg["value"],
+                             "md5": reg["md5"]})
     lines = [f"# {task}: {reg['tag']}", "", "| | |", "|---|---|",
              f"| {reg['main_metric']} | {reg['value']:.2f} |", f"| new version | {reg['new']} |",
              f"| promoted | {reg['promoted']} |", f"| why | {reg['reason']} |", f"| content md5 | `{reg['md5']}` |"]

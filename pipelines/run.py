@@ -9,7 +9,6 @@
 machine with kfp.local (SubprocessRunner, a local pipeline root) and prints a summary table.
 """
 
-import argparse
 import contextlib
 import json
 import logging
@@ -18,8 +17,11 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import typer
+
+from softprompt.cli import run_app, setting
 from softprompt.config import load_params
 from softprompt.errors import SoftpromptError
 
@@ -28,16 +30,17 @@ DEFAULT_SPEC = REPO / "build" / "prompt_tuning.yaml"
 LOCAL_ROOT = REPO / "runs" / "kfp"
 
 
-def arguments(args: argparse.Namespace) -> dict[str, Any]:
+def arguments(task: str | None, profile: str | None, data: str | None, model: str | None,
+              params: list[str] | None) -> dict[str, Any]:
     """Pipeline arguments from the command line; unset ones keep the pipeline's params.yaml defaults."""
-    out: dict[str, Any] = {"task": args.task}
-    if args.profile:
-        out["profile"] = args.profile
-    if args.data is not None:
-        out["data"] = args.data
-    if args.model:
-        out["model"] = args.model
-    for pair in args.param or []:
+    out: dict[str, Any] = {"task": task or load_params()["pipeline"]["task"]}
+    if profile:
+        out["profile"] = profile
+    if data is not None:
+        out["data"] = data
+    if model:
+        out["model"] = model
+    for pair in params or []:
         key, _, value = pair.partition("=")
         is_json = (value != "" and value[0] in "[{0123456789-") or value in ("true", "false")  # KEY= is ""
         out[key] = json.loads(value) if is_json else value
@@ -192,13 +195,21 @@ def cache_entry(cache_root: Path, key_prefix: str) -> dict[str, Any]:
     return json.loads(found[0].read_text()) if len(found) == 1 else {}
 
 
-def _outputs(run_dir: Path, step: str) -> dict[str, Any]:
-    """Parameter outputs of one local step (from its executor_output.json)."""
+def _executor_output(run_dir: Path, step: str) -> dict[str, Any]:
+    """What one local step reported (its executor_output.json: parameter values, artifacts with metadata)."""
     path = run_dir / step / "executor_output.json"
-    if not path.is_file():
-        return {}
-    data = json.loads(path.read_text())
-    return {k: v for k, v in data.get("parameterValues", {}).items()}
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _outputs(run_dir: Path, step: str) -> dict[str, Any]:
+    """Parameter outputs of one local step."""
+    return dict(_executor_output(run_dir, step).get("parameterValues", {}))
+
+
+def artifact_metadata(run_dir: Path, step: str, name: str) -> dict[str, Any]:
+    """The metadata a local step set on its output artifact `name` (the structured result it hands on)."""
+    found = _executor_output(run_dir, step).get("artifacts", {}).get(name, {}).get("artifacts", [])
+    return dict(found[0].get("metadata", {})) if found else {}
 
 
 def artifact_dir(run_dir: Path, step: str, name: str, cached: dict[str, Any]) -> Path:
@@ -216,13 +227,9 @@ def summarize_local(run_dir: Path, task: str, seconds: float,
     metrics_file = artifact_dir(run_dir, "evaluate-prompts", "evaluation", cached) / "metrics.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
     registered = _outputs(run_dir, "register-prompt").get("Output")
-    summary_md = run_dir / "register-prompt" / "summary"
-    promoted, why = None, ""
-    if summary_md.is_file():
-        text = summary_md.read_text()
-        promoted = "| promoted | True |" in text
-        if "| new version | False |" in text:
-            why = next(line for line in text.splitlines() if line.startswith("| why |"))[8:-2]
+    result = artifact_metadata(run_dir, "register-prompt", "summary")
+    promoted = result.get("promoted")
+    why = result.get("reason", "") if result.get("new") is False else ""
     return {
         "run_dir": str(run_dir), "task": task, "seconds": round(seconds, 1),
         "validation": "passed" if validation.get("success") else "failed",
@@ -360,42 +367,55 @@ def _cron6(cron: str) -> str:
     return cron if len(fields) == 6 else "0 " + cron
 
 
+app = typer.Typer(help=__doc__.split("\n")[0], no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_enable=False)
+Profile = Annotated[str | None, typer.Option(envvar="PROFILE", show_envvar=False,
+                                             help="params.yaml profile (smoke, local, paper) for the defaults.")]
+Spec = Annotated[Path, typer.Option(help="Where the compiled spec is written.")]
+Task = Annotated[str | None, setting("pipeline.task", doc="Task to tune for.")]
+Data = Annotated[str | None, setting("pipeline.data", doc="Task data: a directory or gs:// prefix ('' = the Hub).")]
+Model = Annotated[str | None, setting("model", doc="Base model: a Hub id, a directory, gs://, or tiny.")]
+Param = Annotated[list[str] | None, typer.Option("--param", help="Any other pipeline parameter, KEY=VALUE "
+                                                                 "(repeatable).")]
+
+
+@app.command("run")
+def run_command(task: Task = None, data: Data = None, model: Model = None, param: Param = None,
+                caching: Annotated[bool, typer.Option("--cache/--no-cache", help=(
+                    "--no-cache runs every step, even those whose inputs match a cached execution (CACHE=0)."))]
+                = True, profile: Profile = None, spec: Spec = DEFAULT_SPEC) -> None:
+    """Run the pipeline: on KFP_HOST if set, else on this machine with kfp.local (and print a summary)."""
+    values = arguments(task, profile, data, model, param)
+    if os.environ.get("KFP_HOST"):
+        submit(values, profile, spec, caching)
+    else:
+        print_table(run_local(values, profile, caching))
+
+
+@app.command("compile")
+def compile_command(profile: Profile = None, spec: Spec = DEFAULT_SPEC) -> None:
+    """Write the pipeline spec for upload in the Kubeflow UI."""
+    print(f"wrote {compile_spec(profile, spec)}")
+
+
+@app.command("upload")
+def upload_command(profile: Profile = None, spec: Spec = DEFAULT_SPEC,
+                   version: Annotated[str | None, typer.Option(help="Version name (default: a timestamp).")] = None,
+                   ) -> None:
+    """Upload the spec as a new version of the named pipeline on KFP_HOST."""
+    upload(profile, spec, version)
+
+
+@app.command("schedule")
+def schedule_command(cron: Annotated[str, typer.Option(help="Cron expression, e.g. '0 3 * * 0' (Sundays 03:00).")],
+                     task: Task = None, data: Data = None, model: Model = None, param: Param = None,
+                     profile: Profile = None, spec: Spec = DEFAULT_SPEC) -> None:
+    """Retrain TASK on a schedule on KFP_HOST, always on the latest pipeline version."""
+    schedule(arguments(task, profile, data, model, param), cron, profile, spec)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("run", "compile", "upload", "schedule"):
-        p = sub.add_parser(name)
-        p.add_argument("--profile", default=os.environ.get("PROFILE") or None,
-                       help="params.yaml profile (smoke, local, paper) for the defaults")
-        p.add_argument("--spec", type=Path, default=DEFAULT_SPEC, help="where the compiled spec is written")
-        if name in ("run", "schedule"):
-            p.add_argument("--task", default=load_params()["pipeline"]["task"], help="task to tune for")
-            p.add_argument("--data", default=None, help="task data directory or gs:// prefix ('' = the Hub)")
-            p.add_argument("--model", default=None, help="base model (Hub id, directory, gs://, tiny)")
-            p.add_argument("--param", action="append", help="any other pipeline parameter, KEY=VALUE")
-        if name == "run":
-            p.add_argument("--no-cache", dest="caching", action="store_false",
-                           help="run every step, even those whose inputs match a cached execution (CACHE=0)")
-        if name == "schedule":
-            p.add_argument("--cron", required=True, help="cron expression, e.g. '0 3 * * 0' (Sundays 03:00)")
-        if name == "upload":
-            p.add_argument("--version", default=None, help="version name (default: a timestamp)")
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "compile":
-            print(f"wrote {compile_spec(args.profile, args.spec)}")
-        elif args.command == "upload":
-            upload(args.profile, args.spec, args.version)
-        elif args.command == "schedule":
-            schedule(arguments(args), args.cron, args.profile, args.spec)
-        elif os.environ.get("KFP_HOST"):
-            submit(arguments(args), args.profile, args.spec, args.caching)
-        else:
-            print_table(run_local(arguments(args), args.profile, args.caching))
-    except SoftpromptError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_app(app, argv)
 
 
 if __name__ == "__main__":

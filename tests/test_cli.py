@@ -1,13 +1,26 @@
 """The CLI end to end, as a user runs it: subprocesses, exit codes, one-line errors, files written."""
 
 import json
+import re
 import subprocess
 import sys
+from typing import Any
 
 import pytest
+import typer
 from conftest import REPO
 from peft import PeftModel
+from typer.testing import CliRunner
 
+from softprompt.config import (
+    EvalMode,
+    RegistryConfig,
+    TrainConfig,
+    ValidateConfig,
+    help_of,
+    load_params,
+    param_value,
+)
 from softprompt.models import load_base
 
 CLI = [sys.executable, "-m", "softprompt.cli"]
@@ -99,3 +112,64 @@ def test_help_explains_every_command():
     for command in ("train", "evaluate", "tasks"):
         assert command in top
     assert "--prompt-length" in run("train", "--help").stdout
+
+
+def click_options(application) -> list[tuple[str, Any]]:
+    """(command path, option) of every option of a typer app, subcommands included (typer builds them with its
+    own copy of click, so they are told apart by what they have, not by click's classes)."""
+
+    def walk(command: Any, path: str):
+        if hasattr(command, "commands"):
+            for name, sub in command.commands.items():
+                yield from walk(sub, f"{path} {name}".strip())
+        else:
+            yield from ((path, p) for p in command.params if p.param_type_name == "option")
+
+    return list(walk(typer.main.get_command(application), ""))
+
+
+SHOWN = re.compile(r"^(?P<value>.*), params\.yaml (?P<path>[\w.]+)$")
+
+
+@pytest.mark.parametrize("application", ["softprompt.cli", "softprompt.cluster", "pipelines.run"])
+def test_option_defaults_are_params_yaml_values(application):
+    """Every option with a default shows params.yaml's value and path, and is unset (None) until the command
+    reads params.yaml (or --profile's value); no option holds a default typed in the code."""
+    import importlib
+
+    params = load_params()
+    documented = []
+    for command, option in click_options(importlib.import_module(application).app):
+        where = f"{application} {command} {option.opts[0]}"
+        match = SHOWN.match(option.show_default) if isinstance(option.show_default, str) else None
+        if match:
+            value = param_value(match["path"], params)
+            assert match["value"] == ("''" if value == "" else str(value)), where
+            assert option.default is None, where
+            documented.append(where)
+        elif not option.is_flag and option.default is not None:
+            assert (application, option.name) == ("pipelines.run", "spec"), f"{where} defaults to {option.default!r}"
+    assert len(documented) >= {"softprompt.cli": 40, "softprompt.cluster": 0, "pipelines.run": 6}[application]
+
+
+def test_help_is_the_config_fields_own_text():
+    from softprompt.cli import app
+
+    options = {(c, o.opts[0]): o for c, o in click_options(app)}
+    assert options[("train", "--steps")].help == help_of(TrainConfig, "steps")
+    assert options[("validate", "--min-rows")].help == help_of(ValidateConfig, "min_rows")
+    assert options[("registry promote", "--margin")].help == help_of(RegistryConfig, "promotion_margin")
+    assert options[("registry promote", "--margin")].show_default == (
+        f"{load_params()['registry']['promotion_margin']}, params.yaml registry.promotion_margin")
+    # The choices are the vocabulary's enum: a value outside it is refused, naming each choice.
+    refused = CliRunner().invoke(app, ["evaluate", "--task", "rte", "--output", "x.json", "--mode", "bogus"])
+    assert refused.exit_code == 2 and all(f"'{m.value}'" in refused.output for m in EvalMode), refused.output
+
+
+def test_registry_commands_are_one_group():
+    text = run("registry", "--help").stdout
+    for command in ("register", "promote", "pull", "list"):
+        assert re.search(rf"^\W*{command}\s", text, re.M), command
+    for old in ("register", "promote", "pull"):  # one shape: no top-level copies
+        proc = run(old, "--help", ok=False)
+        assert proc.returncode == 2 and "No such command" in proc.stderr

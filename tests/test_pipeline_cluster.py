@@ -1,6 +1,6 @@
 """The cluster path (`pipelines.run` submit / upload / schedule) with the real kfp.Client against a fake KFP API.
 
-tests/fake_kfp.py implements the v2beta1 endpoints the client calls and records each request, so these
+tests/support/fake_kfp.py implements the v2beta1 endpoints the client calls and records each request, so these
 tests assert what would reach a Kubeflow Pipelines server: the compiled spec, the run's arguments, the
 experiment, the recurring run's trigger and pipeline reference.
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 import kfp
 import pytest
 import yaml
-from fake_kfp import API, FakeKFP
+from support.fake_kfp import API, FakeKFP
 
 from pipelines import run
 from pipelines.prompt_tuning import PIPELINE_NAME

@@ -211,6 +211,10 @@ def test_registered_and_promoted_in_the_registry_repo(smoke):
     assert any(p.is_file() for p in smoke.remote.rglob("*"))  # the prompt's files were pushed to the DVC remote
     summary = (smoke.run_dir / "register-prompt" / "summary").read_text()
     assert summary.startswith("# rte: rte-prompt@v1.0.0") and "| promoted | True |" in summary
+    # The structured result the step hands on (what the summary table reads): the artifact's metadata.
+    result = artifact_meta(smoke.run_dir, "register-prompt", "summary")
+    assert (result["version"], result["promoted"], result["new"]) == ("rte-prompt@v1.0.0", True, True)
+    assert result["reason"] == "rte has no production prompt yet" and result["value"] == dvc_meta["value"]
 
 
 def test_summary_table(smoke):

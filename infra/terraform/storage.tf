@@ -1,7 +1,7 @@
 # The three buckets and the image repository.
 # - pipeline-root: Kubeflow Pipelines' artifacts (kfp-launcher's defaultPipelineRoot); expires.
 # - dvc: the DVC remote for data (params.yaml registry.remote for data); training reads it.
-# - registry: registered prompt files and the production pointers (softprompt register --remote gs://...);
+# - registry: registered prompt files and the production pointers (softprompt registry register --remote gs://...);
 #   versioned, since a registered prompt must never silently change.
 
 locals {

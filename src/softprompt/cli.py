@@ -11,12 +11,30 @@ import logging
 import os
 import sys
 import warnings
-from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
+from softprompt.config import (
+    EvalConfig,
+    EvalMethod,
+    EvalMode,
+    Init,
+    LMAdaptConfig,
+    Method,
+    Objective,
+    Policy,
+    PromptConfig,
+    RegistryConfig,
+    TrainConfig,
+    ValidateConfig,
+    from_section,
+    help_of,
+    load_params,
+    param_value,
+    training_configs,
+)
 from softprompt.errors import SoftpromptError
 
 app = typer.Typer(
@@ -27,26 +45,14 @@ app = typer.Typer(
 )
 
 
-class Method(str, Enum):
-    prompt = "prompt"
-    model = "model"
-
-
-class EvalMethod(str, Enum):
-    prompt = "prompt"
-    model = "model"
-    design = "design"
-
-
-class Init(str, Enum):
-    random = "random"
-    sampled_vocab = "sampled-vocab"
-    class_label = "class-label"
-
-
-class Mode(str, Enum):
-    generate = "generate"
-    rank = "rank"
+def setting(path: str, *decls: str, doc: type | str, **kwargs: Any) -> Any:
+    """An option for the params.yaml setting at `path`. Left unset it is None and the command takes the value of
+    params.yaml (or of --profile), so --help shows that value rather than a number typed here. Its help text is
+    the config field's own description (`doc` a config class: the field named as the path's last part) or `doc`."""
+    text = help_of(doc, path.rsplit(".", 1)[-1]) if isinstance(doc, type) else doc
+    value = param_value(path)
+    shown = "''" if value == "" else value
+    return typer.Option(*decls, help=text, show_default=f"{shown}, params.yaml {path}", **kwargs)
 
 
 Task = Annotated[str, typer.Option("--task", "-t", help="Task name, e.g. rte, cb, boolq (see `softprompt tasks`).")]
@@ -55,8 +61,8 @@ Data = Annotated[Path | None, typer.Option(
          "omit to load the dataset from the Hugging Face Hub.")]
 Profile = Annotated[str | None, typer.Option(
     help="A profile of params.yaml (smoke, local, paper) whose values replace the defaults.")]
-Model = Annotated[str | None, typer.Option(
-    help="Base model: a Hub id (google/t5-base-lm-adapt), a local directory, a gs:// URI, or `tiny`.")]
+Model = Annotated[str | None, setting(
+    "model", doc="Base model: a Hub id, a local directory, a gs:// URI, or `tiny`.")]
 
 
 def profile_for(profile: str | None, model: str | None) -> str | None:
@@ -95,23 +101,20 @@ def train(
     model: Model = None,
     data: Data = None,
     profile: Profile = None,
-    method: Annotated[Method | None, typer.Option(help="prompt: train only the soft prompt; "
-                                                       "model: tune the whole model (baseline).")] = None,
-    prompt_length: Annotated[int | None, typer.Option(help="Soft-prompt length P (default 100).")] = None,
-    init: Annotated[Init | None, typer.Option(help="Prompt initialisation (default class-label).")] = None,
-    steps: Annotated[int | None, typer.Option(help="Training steps (default 30000).")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Batch size (default 32).")] = None,
-    lr: Annotated[float | None, typer.Option(help="Learning rate (default 0.3 prompt, 0.001 model).")] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
-    eval_every: Annotated[int | None, typer.Option(help="Evaluate every N steps, keep the best.")] = None,
-    early_stopping_patience: Annotated[int | None, typer.Option(help="Stop after N evaluations without "
-                                                                     "improvement (0: never).")] = None,
-    grad_accumulation: Annotated[int | None, typer.Option(help="Gradient accumulation steps.")] = None,
-    taskless: Annotated[bool | None, typer.Option("--taskless/--with-task-prefix",
-                                                  help="Drop the task-name prefix from inputs.")] = None,
-    target_sentinel: Annotated[bool | None, typer.Option(
-        "--target-sentinel/--no-target-sentinel", help="Prepend <extra_id_0> to targets (span corruption + "
-                                                       "sentinel setting); stripped at evaluation.")] = None,
+    method: Annotated[Method | None, setting("train.method", doc=TrainConfig)] = None,
+    prompt_length: Annotated[int | None, setting("prompt.length", "--prompt-length", doc=PromptConfig)] = None,
+    init: Annotated[Init | None, setting("prompt.init", doc=PromptConfig)] = None,
+    steps: Annotated[int | None, setting("train.steps", doc=TrainConfig)] = None,
+    batch_size: Annotated[int | None, setting("train.batch_size", doc=TrainConfig)] = None,
+    lr: Annotated[float | None, setting("train.optimizer.prompt.lr", doc=TrainConfig)] = None,
+    seed: Annotated[int | None, setting("train.seed", doc=TrainConfig)] = None,
+    eval_every: Annotated[int | None, setting("train.eval_every", doc=TrainConfig)] = None,
+    early_stopping_patience: Annotated[int | None, setting("train.early_stopping_patience", doc=TrainConfig)] = None,
+    grad_accumulation: Annotated[int | None, setting("train.grad_accumulation", doc=TrainConfig)] = None,
+    taskless: Annotated[bool | None, setting("train.taskless", "--taskless/--with-task-prefix",
+                                             doc=TrainConfig)] = None,
+    target_sentinel: Annotated[bool | None, setting("train.target_sentinel", "--target-sentinel/--no-target-sentinel",
+                                                    doc=TrainConfig)] = None,
     checkpoint_dir: Annotated[Path | None, typer.Option(
         help="Checkpoints go to CHECKPOINT_DIR/KEY (default OUTPUT.checkpoints/KEY), KEY naming the run: task, "
              "method, base, data, prompt length, init, seed, optimizer and lengths.")] = None,
@@ -122,7 +125,6 @@ def train(
         help="Also write the training loss curve (step,loss) to this CSV file, for `dvc plots`.")] = None,
 ) -> None:
     """Train a soft prompt on a task (or, with --method model, tune the whole model)."""
-    from softprompt.config import load_params, training_configs
     from softprompt.training import train as run_train
 
     params = load_params(profile_for(profile, model))
@@ -152,27 +154,24 @@ def evaluate(
     prompt: Annotated[Path | None, typer.Option(help="A prompt directory from `softprompt train`.")] = None,
     model: Model = None,
     data: Data = None,
-    split: Annotated[str | None, typer.Option(help="Split to evaluate: train, validation or test.")] = None,
-    mode: Annotated[Mode | None, typer.Option(help="generate: exact match of the generated label (paper); "
-                                                   "rank: score every label string.")] = None,
+    split: Annotated[str | None, setting("eval.split", doc=EvalConfig)] = None,
+    mode: Annotated[EvalMode | None, setting("eval.mode", doc=EvalConfig)] = None,
     method: Annotated[EvalMethod | None, typer.Option(
         help="prompt: base model + --prompt; model: a tuned model given as --model; "
              "design: a zero-shot text instruction to the frozen T5 (no training; add --shots K for K solved "
              "training examples in front of the input). This is not the paper's 'prompt design' baseline, "
              "which is GPT-3 few-shot. Default: prompt when --prompt is given, else design.")] = None,
-    shots: Annotated[int | None, typer.Option(
-        help="--method design only: K training examples (fixed by --seed) in front of the input, each as "
-             "'INPUT answer: TARGET' (default eval.shots in params.yaml).")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed choosing the --shots examples (default train.seed).")]
-    = None,
-    batch_size: Annotated[int | None, typer.Option(help="Examples per forward pass.")] = None,
+    shots: Annotated[int | None, setting(
+        "eval.shots", doc="--method design only: K training examples (fixed by --seed) in front of the input, each "
+                          "as 'INPUT answer: TARGET'.")] = None,
+    seed: Annotated[int | None, setting("train.seed", doc="Seed choosing the --shots examples.")] = None,
+    batch_size: Annotated[int | None, setting("eval.batch_size", doc=EvalConfig)] = None,
     limit: Annotated[int | None, typer.Option(help="Evaluate only the first N examples.")] = None,
     profile: Profile = None,
     taskless: Annotated[bool | None, typer.Option("--taskless/--with-task-prefix",
                                                   help="Drop the task-name prefix (default: as trained).")] = None,
 ) -> None:
     """Evaluate a prompt (or a tuned model, or a zero-/few-shot instruction) and print the task's metrics."""
-    from softprompt.config import EvalConfig, from_section, load_params
     from softprompt.evaluation import run_evaluation
 
     params = load_params(profile)
@@ -209,7 +208,7 @@ def list_tasks() -> None:
 def preview(
     task: Task,
     data: Data = None,
-    split: Annotated[str, typer.Option(help="Split to show: train, validation or test.")] = "validation",
+    split: Annotated[str | None, setting("eval.split", doc="Split to show: train, validation or test.")] = None,
     limit: Annotated[int | None, typer.Option(help="Show only the first N formatted rows.")] = None,
     output: Annotated[Path | None, typer.Option(help="Write the rows to this .jsonl file instead of "
                                                      "printing them.")] = None,
@@ -223,7 +222,7 @@ def preview(
 
     if limit is not None and limit < 1:
         raise SoftpromptError(f"--limit must be >= 1, got {limit}")
-    rows = preview_rows(get_task(task, taskless=taskless), data, split, limit)
+    rows = preview_rows(get_task(task, taskless=taskless), data, split or param_value("eval.split"), limit)
     if output is not None:
         write_jsonl(output, rows)
         typer.echo(f"wrote {len(rows)} rows to {output}", err=True)
@@ -235,14 +234,12 @@ def preview(
 Repo = Annotated[Path | None, typer.Option(
     help="The registry git repo (a clone of this project); default: the git repo of the current directory.")]
 
-
-class Policy(str, Enum):
-    auto = "auto"
-    never = "never"
-    force = "force"
+registry_app = typer.Typer(help="The prompt registry: register, promote, pull and list versions of each task's "
+                                "prompt (DVC files, GTO tags).", no_args_is_help=True)
+app.add_typer(registry_app, name="registry")
 
 
-@app.command()
+@registry_app.command()
 def register(
     task: Task,
     prompt: Annotated[Path, typer.Option(help="The prompt directory written by `softprompt train`.")],
@@ -250,13 +247,9 @@ def register(
                                                "(its main_metric drives the promotion gate).")],
     run_id: Annotated[str | None, typer.Option(help="Pipeline run id recorded in the lineage "
                                                     "(default $SOFTPROMPT_RUN_ID, else `manual`).")] = None,
-    promote: Annotated[Policy | None, typer.Option(help="After registering: auto (promote if it beats production "
-                                                        "by registry.promotion_margin), never, or force "
-                                                        "(default registry.promote in params.yaml).")] = None,
+    promote: Annotated[Policy | None, setting("registry.promote", doc=RegistryConfig)] = None,
     repo: Repo = None,
-    remote: Annotated[str | None, typer.Option(help="DVC remote URL (a directory or gs://BUCKET/PATH); default "
-                                                    "registry.remote in params.yaml or "
-                                                    "$SOFTPROMPT_REGISTRY_REMOTE.")] = None,
+    remote: Annotated[str | None, setting("registry.remote", doc=RegistryConfig)] = None,
     code_version: Annotated[str | None, typer.Option(help="Code version to record (default: the repo's git "
                                                           "commit).")] = None,
 ) -> None:
@@ -266,7 +259,7 @@ def register(
     from softprompt import registry
 
     result = registry.register(repo, task, prompt, metrics, run_id=run_id, policy=promote and promote.value,
-                         settings=registry.Settings.load(remote), code=code_version)
+                               settings=registry.Settings.load(remote), code=code_version)
     typer.echo(json.dumps(asdict(result), indent=2))
     if not result.new:
         typer.echo(result.reason)
@@ -275,14 +268,13 @@ def register(
     typer.echo(f"registered {result.tag}; {state}: {result.reason}")
 
 
-@app.command()
+@registry_app.command()
 def promote(
     task: Task,
     version: Annotated[str, typer.Option(help="The version to promote: 3, v3 or v3.0.0.")],
     force: Annotated[bool, typer.Option(help="Promote even if it does not beat production by the margin "
                                              "(e.g. a rollback).")] = False,
-    margin: Annotated[float | None, typer.Option(help="Required improvement of the main metric over production "
-                                                      "(default registry.promotion_margin).")] = None,
+    margin: Annotated[float | None, setting("registry.promotion_margin", "--margin", doc=RegistryConfig)] = None,
     repo: Repo = None,
 ) -> None:
     """Make a version the task's production prompt if its main metric beats production's (other tasks untouched)."""
@@ -295,8 +287,21 @@ def promote(
     typer.echo(f"{task} {version} is now production: {reason}")
 
 
-registry_app = typer.Typer(help="Inspect the prompt registry.", no_args_is_help=True)
-app.add_typer(registry_app, name="registry")
+@registry_app.command()
+def pull(
+    task: Task,
+    version: Annotated[str | None, typer.Option(help="A version (3, v3, v3.0.0); default: the production one.")]
+    = None,
+    output: Annotated[Path | None, typer.Option(help="Also copy the verified prompt here "
+                                                     "(default: leave it at registry/TASK/...).")] = None,
+    repo: Repo = None,
+) -> None:
+    """Fetch a task's production prompt (or a version) from the DVC remote and verify its hash."""
+    from softprompt import registry
+
+    path, version_info = registry.pull(repo, task, version, output)
+    typer.echo(f"{task} {version_info.name} ({version_info.main_metric}={version_info.value}) verified "
+               f"{version_info.md5}: {path}")
 
 
 @registry_app.command("list")
@@ -323,23 +328,6 @@ def registry_list(
 
 
 @app.command()
-def pull(
-    task: Task,
-    version: Annotated[str | None, typer.Option(help="A version (3, v3, v3.0.0); default: the production one.")]
-    = None,
-    output: Annotated[Path | None, typer.Option(help="Also copy the verified prompt here "
-                                                     "(default: leave it at registry/TASK/...).")] = None,
-    repo: Repo = None,
-) -> None:
-    """Fetch a task's production prompt (or a version) from the DVC remote and verify its hash."""
-    from softprompt import registry
-
-    path, version_info = registry.pull(repo, task, version, output)
-    typer.echo(f"{task} {version_info.name} ({version_info.main_metric}={version_info.value}) verified "
-               f"{version_info.md5}: {path}")
-
-
-@app.command()
 def validate(
     task: Task,
     data: Annotated[Path, typer.Option(help="Directory with the task's split files in the official format "
@@ -352,21 +340,19 @@ def validate(
     split: Annotated[list[str] | None, typer.Option(
         "--split", help="Validate only this split (repeatable). Default: train and validation, and test "
                         "when its file exists.")] = None,
-    min_rows: Annotated[int | None, typer.Option(help="Fewest rows a split may have (params.yaml validate).")] = None,
-    min_class_share: Annotated[float | None, typer.Option(
-        help="Smallest share of rows any label may have in train/validation; 0 disables.")] = None,
-    min_text_chars: Annotated[int | None, typer.Option(help="Shortest allowed text field, in characters.")] = None,
-    max_text_chars: Annotated[int | None, typer.Option(help="Longest allowed text field, in characters.")] = None,
-    examples: Annotated[int | None, typer.Option(help="Offending rows kept per failed expectation.")] = None,
+    min_rows: Annotated[int | None, setting("validate.min_rows", doc=ValidateConfig)] = None,
+    min_class_share: Annotated[float | None, setting("validate.min_class_share", doc=ValidateConfig)] = None,
+    min_text_chars: Annotated[int | None, setting("validate.min_text_chars", doc=ValidateConfig)] = None,
+    max_text_chars: Annotated[int | None, setting("validate.max_text_chars", doc=ValidateConfig)] = None,
+    examples: Annotated[int | None, setting("validate.examples", doc=ValidateConfig)] = None,
     docs: Annotated[bool, typer.Option("--docs/--no-docs", help="Build the Data Docs HTML site.")] = True,
     profile: Profile = None,
 ) -> None:
     """Validate a task's data with Great Expectations; exit 1 (with a summary) if any expectation fails."""
-    from softprompt.config import from_section, load_params
-    from softprompt.validation import ValidateConfig, summary
+    from softprompt.validation import summary
     from softprompt.validation import validate as run_validate
 
-    params = load_params(profile).get("validate", {})
+    params = load_params(profile)["validate"]
     cfg = from_section(ValidateConfig, params, min_rows=min_rows, min_class_share=min_class_share,
                        min_text_chars=min_text_chars, max_text_chars=max_text_chars, examples=examples)
     result = run_validate(task, data, report, cfg, output=output, splits=split or None, docs=docs)
@@ -381,45 +367,38 @@ def validate(
         typer.echo(f"wrote validated data to {output}")
 
 
-class Objective(str, Enum):
-    prefix_lm = "prefix-lm"
-    span_corruption = "span-corruption"
-
-
 @app.command("lm-adapt")
 def lm_adapt(
     output: Annotated[Path | None, typer.Option(
         help="Directory for the adapted checkpoint (replaced atomically); default CACHE_ROOT/KEY.")] = None,
-    model: Annotated[str | None, typer.Option(
-        help="Model to continue pretraining: a Hub id, a local directory, a gs:// URI, or `tiny` (then this is "
-             "pretraining from scratch). Default: lm_adapt.model in params.yaml.")] = None,
-    corpus: Annotated[str | None, typer.Option(
-        help="Text: a .txt (a text a line) or .jsonl file, a directory of them, hf:DATASET[:CONFIG] (streamed), "
-             "or c4 (= hf:allenai/c4:en). Default: lm_adapt.corpus.")] = None,
-    objective: Annotated[Objective | None, typer.Option(
-        help="prefix-lm: LM adaptation (paper); span-corruption: T5's pretraining objective.")] = None,
-    steps: Annotated[int | None, typer.Option(help="Optimizer steps (paper: 100000).")] = None,
+    model: Annotated[str | None, setting(
+        "lm_adapt.model", doc="Model to continue pretraining: a Hub id, a local directory, a gs:// URI, or `tiny` "
+                              "(then this is pretraining from scratch).")] = None,
+    corpus: Annotated[str | None, setting(
+        "lm_adapt.corpus", doc="Text: a .txt (a text a line) or .jsonl file, a directory of them, "
+                               "hf:DATASET[:CONFIG] (streamed), or c4 (= hf:allenai/c4:en).")] = None,
+    objective: Annotated[Objective | None, setting("lm_adapt.objective", doc=LMAdaptConfig)] = None,
+    steps: Annotated[int | None, setting("lm_adapt.steps", doc=LMAdaptConfig)] = None,
     cache_root: Annotated[Path | None, typer.Option(
         help="Content-addressed store: reuse CACHE_ROOT/KEY if this base, objective, steps, corpus and recipe "
              "were trained before; otherwise train and store it there.")] = None,
     force: Annotated[bool, typer.Option(help="Retrain even if a checkpoint with the same key exists.")] = False,
     profile: Profile = None,
-    batch_size: Annotated[int | None, typer.Option(help="Sequences per optimizer step.")] = None,
-    grad_accumulation: Annotated[int | None, typer.Option(help="Gradient accumulation steps.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Adafactor learning rate (constant).")] = None,
-    warmup_steps: Annotated[int | None, typer.Option(help="Linear warmup steps (0: none).")] = None,
-    max_source_length: Annotated[int | None, typer.Option(help="Input tokens per example, EOS included.")] = None,
-    max_target_length: Annotated[int | None, typer.Option(help="Maximum target tokens, EOS included.")] = None,
-    noise_density: Annotated[float | None, typer.Option(help="Span corruption: fraction of tokens masked.")] = None,
-    mean_noise_span_length: Annotated[float | None, typer.Option(
-        help="Span corruption: mean length of a masked span.")] = None,
-    eval_every: Annotated[int | None, typer.Option(help="Validation loss and a checkpoint every N steps.")] = None,
-    eval_examples: Annotated[int | None, typer.Option(
-        help="Validation examples (held out from the start of the corpus).")] = None,
+    batch_size: Annotated[int | None, setting("lm_adapt.batch_size", doc=LMAdaptConfig)] = None,
+    grad_accumulation: Annotated[int | None, setting("lm_adapt.grad_accumulation", doc=LMAdaptConfig)] = None,
+    lr: Annotated[float | None, setting("lm_adapt.lr", doc=LMAdaptConfig)] = None,
+    warmup_steps: Annotated[int | None, setting("lm_adapt.warmup_steps", doc=LMAdaptConfig)] = None,
+    max_source_length: Annotated[int | None, setting("lm_adapt.max_source_length", doc=LMAdaptConfig)] = None,
+    max_target_length: Annotated[int | None, setting("lm_adapt.max_target_length", doc=LMAdaptConfig)] = None,
+    noise_density: Annotated[float | None, setting("lm_adapt.noise_density", doc=LMAdaptConfig)] = None,
+    mean_noise_span_length: Annotated[float | None, setting("lm_adapt.mean_noise_span_length",
+                                                            doc=LMAdaptConfig)] = None,
+    eval_every: Annotated[int | None, setting("lm_adapt.eval_every", doc=LMAdaptConfig)] = None,
+    eval_examples: Annotated[int | None, setting("lm_adapt.eval_examples", doc=LMAdaptConfig)] = None,
     validation_corpus: Annotated[str | None, typer.Option(
         help="Separate validation text (same forms as --corpus); then nothing is held out.")] = None,
-    text_field: Annotated[str | None, typer.Option(help="Field holding the text in .jsonl / datasets.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    text_field: Annotated[str | None, setting("lm_adapt.text_field", doc=LMAdaptConfig)] = None,
+    seed: Annotated[int | None, setting("lm_adapt.seed", doc=LMAdaptConfig)] = None,
     checkpoint_dir: Annotated[Path | None, typer.Option(
         help="Where checkpoints go (default OUTPUT.checkpoints/KEY).")] = None,
     resume: Annotated[bool, typer.Option(help="Resume from the last checkpoint if one exists.")] = True,
@@ -435,17 +414,15 @@ def lm_adapt(
     mix: Annotated[list[str] | None, typer.Option(
         help="TASK=DIR: mix the task's train split into the corpus as labelled examples (T5's multi-task "
              "mixture); repeat for several tasks. Only the train split is read.")] = None,
-    mix_rate: Annotated[float | None, typer.Option(
-        help="Share of labelled examples in the mixture (default: params.yaml pretrain.mixture_rate).")] = None,
-    mix_prefix: Annotated[str | None, typer.Option(
-        help="Text before each labelled example, in place of its task-name prefix "
-             "(default: params.yaml pretrain.mixture_prefix).")] = None,
+    mix_rate: Annotated[float | None, setting("pretrain.mixture_rate", "--mix-rate",
+                                              doc="Share of labelled examples in the mixture.")] = None,
+    mix_prefix: Annotated[str | None, setting("pretrain.mixture_prefix", "--mix-prefix",
+                                              doc="Text before each labelled example, in place of its task-name "
+                                                  "prefix.")] = None,
 ) -> None:
     """Continue a model's pretraining (LM adaptation with prefix-LM, or span corruption), or pretrain a new one
     (--from-scratch); writes a checkpoint that `train --model DIR` takes, plus lm_adapt_metrics.json (loss
     curve, validation loss, tokens/s)."""
-    from softprompt.config import from_section, load_params
-    from softprompt.lm_adapt import LMAdaptConfig
     from softprompt.lm_adapt import lm_adapt as run_lm_adapt
 
     section = load_params(profile_for(profile, model))["lm_adapt"]
@@ -485,12 +462,11 @@ def split(
                                              "../shared/data/text/ag_news_test.csv.")],
     output: Annotated[Path, typer.Option(help="Directory to write train + validation files to (replaced "
                                               "atomically).")],
-    validation_rows: Annotated[int | None, typer.Option(
-        help="Rows for validation; the rest are train (default: params.yaml split.validation_rows).")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of the permutation (default: params.yaml split.seed).")] = None,
+    validation_rows: Annotated[int | None, setting("split.validation_rows",
+                                                   doc="Rows for validation; the rest are train.")] = None,
+    seed: Annotated[int | None, setting("split.seed", doc="Seed of the permutation.")] = None,
 ) -> None:
     """Cut one labelled file into train and validation splits by a fixed seed (tasks with no dev set: ag_news)."""
-    from softprompt.config import load_params
     from softprompt.tasks import get_task
     from softprompt.tasks.news import AG_NEWS, split_file
 
@@ -500,6 +476,7 @@ def split(
     counts = split_file(source, output, validation_rows if validation_rows is not None else defaults["validation_rows"],
                         seed if seed is not None else defaults["seed"])
     typer.echo(f"wrote {output}: " + ", ".join(f"{k} {v} rows" for k, v in counts.items()))
+
 
 @app.command()
 def ensemble(
@@ -511,20 +488,19 @@ def ensemble(
     data: Data = None,
     model: Annotated[str | None, typer.Option(help="Base model (default: the one the prompts were trained "
                                                    "on).")] = None,
-    split: Annotated[str, typer.Option(help="Split to evaluate: train, validation or test.")] = "validation",
-    mode: Annotated[Mode | None, typer.Option(help="generate: exact match of the generated label (paper); "
-                                                   "rank: score every label string.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Examples per forward pass (each is replicated once "
-                                                        "per prompt).")] = None,
+    split: Annotated[str | None, setting("eval.split", doc=EvalConfig)] = None,
+    mode: Annotated[EvalMode | None, setting("eval.mode", doc=EvalConfig)] = None,
+    batch_size: Annotated[int | None, setting("eval.batch_size", doc="Examples per forward pass (each is "
+                                                                     "replicated once per prompt).")] = None,
     limit: Annotated[int | None, typer.Option(help="Evaluate only the first N examples.")] = None,
     profile: Profile = None,
 ) -> None:
     """Evaluate N prompts in one batched pass and majority-vote them (paper, Table 3)."""
-    from softprompt.config import EvalConfig, from_section, load_params
     from softprompt.ensemble import markdown_table, run_ensemble
 
-    cfg = from_section(EvalConfig, load_params(profile)["eval"], mode=mode and mode.value, batch_size=batch_size)
-    summary = run_ensemble(task, prompt, output, data=data, model=model, split=split, mode=cfg.mode,
+    cfg = from_section(EvalConfig, load_params(profile)["eval"], mode=mode and mode.value, batch_size=batch_size,
+                       split=split)
+    summary = run_ensemble(task, prompt, output, data=data, model=model, split=cfg.split, mode=cfg.mode,
                            batch_size=cfg.batch_size, limit=limit)
     typer.echo(markdown_table(summary))
     typer.echo(f"wrote {output}")
@@ -537,13 +513,15 @@ def neighbors(
                                               "(replaced atomically).")],
     model: Annotated[str | None, typer.Option(help="Base model (default: the one the prompt was trained "
                                                    "on).")] = None,
-    k: Annotated[int, typer.Option("--k", "-k", help="Nearest vocabulary tokens to list per position.")] = 5,
+    k: Annotated[int | None, setting("interpret.neighbors", "--k", "-k",
+                                     doc="Nearest vocabulary tokens to list per position.")] = None,
     label: Annotated[list[str] | None, typer.Option(help="A class label to look for among the neighbours; repeat "
                                                          "for each (default: the prompt's task labels).")] = None,
 ) -> None:
     """List the nearest vocabulary tokens of every prompt position (paper, section 7)."""
     from softprompt.interpret import run_neighbors
 
+    k = k if k is not None else param_value("interpret.neighbors")
     result = run_neighbors(prompt, output, model=model, k=k, labels=label or None)
     typer.echo(f"{result['positions_with_label']} of {result['prompt_length']} positions have a class label "
                f"among their top-{k} neighbours")
@@ -565,15 +543,15 @@ def transfer(
              "all (omit: the Hub).")] = None,
     model: Annotated[str | None, typer.Option(help="Base model (default: the one the prompt was trained "
                                                    "on).")] = None,
-    mode: Annotated[Mode | None, typer.Option(help="generate: exact match of the generated text (paper); "
-                                                   "rank: score the source's label strings.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Examples per forward pass.")] = None,
+    mode: Annotated[EvalMode | None, setting("eval.mode", doc="generate: exact match of the generated text "
+                                                              "(paper); rank: score the source's label strings.")]
+    = None,
+    batch_size: Annotated[int | None, setting("eval.batch_size", doc=EvalConfig)] = None,
     limit: Annotated[int | None, typer.Option(help="Evaluate only the first N examples of each task.")] = None,
     skip_source: Annotated[bool, typer.Option(help="Do not evaluate the source task's validation split.")] = False,
     profile: Profile = None,
 ) -> None:
     """Evaluate a prompt on its source task and zero-shot on related tasks (paper, Tables 1 and 2)."""
-    from softprompt.config import EvalConfig, from_section, load_params
     from softprompt.transfer import markdown_table, run_transfer
 
     dirs = list(target_data or [])
@@ -589,16 +567,27 @@ def transfer(
     typer.echo(f"wrote {output}")
 
 
-def main() -> None:
-    quiet_libraries()
+def run_app(application: typer.Typer, argv: list[str] | None = None) -> int:
+    """Run a typer app (this CLI, `python -m softprompt.cluster`, `python -m pipelines.run`) and return its exit
+    status: a SoftpromptError prints one `error: ...` line and gives 2; a usage error prints click's message
+    and gives its status (2). Ctrl-C gives 130 (typer turns it into that exit status)."""
     try:
-        app()
+        status = application(args=argv, standalone_mode=False)
     except SoftpromptError as e:
         typer.echo(f"error: {e}", err=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        typer.echo("interrupted; rerun the same command to resume from the last checkpoint", err=True)
-        sys.exit(130)
+        return 2
+    except typer.TyperException as e:  # typer's own click: usage errors, and --help with no arguments
+        show = getattr(e, "show", None)
+        show() if show else typer.echo(f"error: {e.format_message()}", err=True)
+        return e.exit_code
+    except typer.Abort:
+        return 1
+    return status if isinstance(status, int) else 0
+
+
+def main() -> None:
+    quiet_libraries()
+    sys.exit(run_app(app))
 
 
 if __name__ == "__main__":

@@ -12,12 +12,13 @@ and `tests/test_infra.py` fails if the committed file differs from what params.y
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import re
 import sys
 from typing import Any
+
+import typer
 
 from softprompt.config import load_params
 from softprompt.errors import SoftpromptError
@@ -138,19 +139,28 @@ def tfvars_json(params: dict[str, Any] | None = None) -> str:
     return json.dumps(node_pools(params), indent=2, sort_keys=True) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m softprompt.cluster", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("tfvars", help="print infra/terraform/node_pools.auto.tfvars.json")
-    sub.add_parser("image", help="print the component image (cluster.image:cluster.image_tag)")
-    args = parser.parse_args(argv)
-    if args.command == "tfvars":
-        sys.stdout.write(tfvars_json())
-    else:
-        from softprompt.config import component_image
+app = typer.Typer(help=__doc__.split("\n")[0], no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_enable=False)
 
-        print(component_image())
-    return 0
+
+@app.command()
+def tfvars() -> None:
+    """Print infra/terraform/node_pools.auto.tfvars.json."""
+    sys.stdout.write(tfvars_json())
+
+
+@app.command()
+def image() -> None:
+    """Print the component image (cluster.image:cluster.image_tag)."""
+    from softprompt.config import component_image
+
+    typer.echo(component_image())
+
+
+def main(argv: list[str] | None = None) -> int:
+    from softprompt.cli import run_app
+
+    return run_app(app, argv)
 
 
 if __name__ == "__main__":

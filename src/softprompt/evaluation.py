@@ -27,8 +27,8 @@ class Encoding:
     """How text becomes token ids for one model: lengths, the design instruction, the target sentinel."""
 
     tokenizer: PreTrainedTokenizerBase
-    max_source_length: int = 512
-    max_target_length: int = 64
+    max_source_length: int  # the lengths of a trained prompt: trained_encoding reads them (params.yaml `train`)
+    max_target_length: int
     target_sentinel: bool = False  # "span corruption + sentinel": targets start with <extra_id_0>
     instruction: str = ""  # prompt design baseline: a discrete text instruction before the input
     demonstrations: Sequence[Example] = ()  # prompt design with --shots K: solved examples before the input

@@ -23,7 +23,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -33,7 +33,7 @@ from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase, Traine
 from transformers.trainer_utils import get_last_checkpoint
 
 from softprompt import __version__
-from softprompt.config import TrainConfig, load_params
+from softprompt.config import LMAdaptConfig
 from softprompt.corpus import Corpus, document_segments, open_corpus, segments
 from softprompt.errors import SoftpromptError
 from softprompt.io import atomic_dir, copy_dir, write_json
@@ -51,90 +51,11 @@ class Mixture(Protocol):
     def dataset(self, base: Any, tokenizer: PreTrainedTokenizerBase, cfg: LMAdaptConfig) -> Any: ...
 
 
-OBJECTIVES = ("prefix-lm", "span-corruption")
 METRICS_FILE = "lm_adapt_metrics.json"
 Row = dict[str, list[int]]
 
 
 # ---------------------------------------------------------------------------------------------- config
-
-def _opt(text: str, default: Any) -> Any:
-    return field(default=default, metadata={"help": text})
-
-
-_L = load_params().get("lm_adapt", {})
-
-
-@dataclass
-class LMAdaptConfig:
-    """LM-adaptation hyper-parameters; defaults from params.yaml's `lm_adapt` section."""
-
-    objective: str = _opt("prefix-lm (LM adaptation) or span-corruption (T5 pretraining).", _L.get("objective"))
-    steps: int = _opt("Optimizer steps (paper: 100K).", _L.get("steps"))
-    batch_size: int = _opt("Sequences per optimizer step (per device times accumulation).", _L.get("batch_size"))
-    grad_accumulation: int = _opt("Gradient accumulation steps.", _L.get("grad_accumulation"))
-    lr: float = _opt("Adafactor learning rate (constant after warmup).", _L.get("lr"))
-    warmup_steps: int = _opt("Linear warmup steps (0: none).", _L.get("warmup_steps"))
-    weight_decay: float = _opt("Adafactor decoupled weight decay.", _L.get("weight_decay"))
-    scale_parameter: bool = _opt("Scale Adafactor updates by the parameter's RMS.", _L.get("scale_parameter"))
-    decay_rate: float = _opt("Adafactor second-moment decay exponent.", _L.get("decay_rate"))
-    clip_threshold: float = _opt("Adafactor update clipping threshold.", _L.get("clip_threshold"))
-    min_dim_size_to_factor: int = _opt("Factor the second moment only if both dims are at least this.",
-                                       _L.get("min_dim_size_to_factor"))
-    max_source_length: int = _opt("Input length in tokens, EOS included.", _L.get("max_source_length"))
-    max_target_length: int = _opt("Maximum target length in tokens, EOS included.", _L.get("max_target_length"))
-    noise_density: float = _opt("Span corruption: fraction of tokens masked.", _L.get("noise_density"))
-    mean_noise_span_length: float = _opt("Span corruption: mean masked span length.",
-                                         _L.get("mean_noise_span_length"))
-    eval_every: int = _opt("Validation loss every N steps (also the checkpoint interval).", _L.get("eval_every"))
-    eval_examples: int = _opt("Validation examples (held out from the corpus unless a validation corpus "
-                              "is given).", _L.get("eval_examples"))
-    eval_batch_size: int = _opt("Validation batch size.", _L.get("eval_batch_size"))
-    shuffle_buffer: int = _opt("Examples in the streaming shuffle buffer (0: no shuffling).",
-                               _L.get("shuffle_buffer"))
-    seed: int = _opt("Random seed (split points, noise masks, shuffling, Trainer).", _L.get("seed"))
-    text_field: str = _opt("Field holding the text in .jsonl files and Hugging Face datasets.",
-                           _L.get("text_field"))
-
-    def __post_init__(self) -> None:
-        if self.objective not in OBJECTIVES:
-            raise SoftpromptError(f"objective: must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
-        for name in ("steps", "batch_size", "grad_accumulation", "eval_every", "eval_examples", "eval_batch_size"):
-            _positive(name, getattr(self, name))
-        for name in ("warmup_steps", "shuffle_buffer", "seed"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                raise SoftpromptError(f"{name}: must be an integer >= 0, got {getattr(self, name)!r}")
-        if self.max_source_length < 3 or self.max_target_length < 2:
-            raise SoftpromptError("max_source_length must be >= 3 and max_target_length >= 2 "
-                                  f"(got {self.max_source_length}, {self.max_target_length})")
-        if not 0 < self.noise_density < 1 or self.mean_noise_span_length < 1:
-            raise SoftpromptError("noise_density must be in (0, 1) and mean_noise_span_length >= 1 "
-                                  f"(got {self.noise_density}, {self.mean_noise_span_length})")
-        if self.batch_size % self.grad_accumulation:
-            raise SoftpromptError(f"batch_size: {self.batch_size} is not divisible by grad_accumulation "
-                                  f"{self.grad_accumulation}")
-
-    def train_config(self) -> TrainConfig:
-        """The same settings as a TrainConfig (whole-model training), for the shared Trainer helpers."""
-        return TrainConfig(method="model", steps=self.steps, batch_size=self.batch_size,
-                           grad_accumulation=self.grad_accumulation, lr=self.lr, weight_decay=self.weight_decay,
-                           scale_parameter=self.scale_parameter, decay_rate=self.decay_rate,
-                           clip_threshold=self.clip_threshold, min_dim_size_to_factor=self.min_dim_size_to_factor,
-                           eval_every=self.eval_every, seed=self.seed,
-                           max_source_length=self.max_source_length, max_target_length=self.max_target_length)
-
-    def recipe(self) -> dict[str, Any]:
-        """The settings that change the trained weights (what the content address covers)."""
-        skip = {"eval_every", "eval_batch_size", "objective", "steps"}
-        if self.objective == "prefix-lm":
-            skip |= {"noise_density", "mean_noise_span_length"}
-        return {k: v for k, v in asdict(self).items() if k not in skip}
-
-
-def _positive(name: str, value: Any) -> None:
-    if not isinstance(value, int) or value < 1:
-        raise SoftpromptError(f"{name}: must be a positive integer, got {value!r}")
-
 
 # ------------------------------------------------------------------------------------------ objectives
 

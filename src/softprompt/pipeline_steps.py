@@ -170,13 +170,18 @@ def train_step(task: str, data_dir: str | Path, model_dir: str | Path, output: s
 
 
 def evaluate_step(task: str, data_dir: str | Path, prompt_dirs: list[str], output: str | Path,
-                  mode: str = "generate", split: str = "validation", batch_size: int = 32) -> dict[str, Any]:
+                  mode: str | None = None, split: str | None = None, batch_size: int | None = None,
+                  profile: str | None = None) -> dict[str, Any]:
     """Evaluate each prompt; with several, also their ensemble (one batched pass). The best prompt by the
-    task's main metric is the candidate for registration: its metrics go to OUTPUT/metrics.json."""
+    task's main metric is the candidate for registration: its metrics go to OUTPUT/metrics.json. Settings
+    left None come from params.yaml's `eval:` (of `profile`)."""
+    from softprompt.config import EvalConfig, from_section, load_params
     from softprompt.evaluation import run_evaluation
 
     if not prompt_dirs:
         raise SoftpromptError("no prompts to evaluate")
+    cfg = from_section(EvalConfig, load_params(profile)["eval"], mode=mode, split=split, batch_size=batch_size)
+    mode, split, batch_size = cfg.mode, cfg.split, cfg.batch_size
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     results = [run_evaluation(task, output / f"prompt-{i}.json", prompt=p, data=data_dir, mode=mode, split=split,
@@ -219,14 +224,11 @@ def code_version() -> str:
     """The code that trained the prompt: the package version plus the commit of its source checkout (with
     -dirty for uncommitted changes), or $SOFTPROMPT_IMAGE in a container built from a commit."""
     import os
-    import subprocess
 
     from softprompt import __version__
+    from softprompt.registry.git import code_version as checkout_version
 
-    source = Path(__file__).resolve().parent
-    proc = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True)
-    if proc.returncode == 0:
-        dirty = subprocess.run(["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no", "--",
-                                "."], capture_output=True, text=True).stdout.strip()
-        return f"softprompt {__version__} @ {proc.stdout.strip()}{'-dirty' if dirty else ''}"
+    commit = checkout_version(Path(__file__).resolve().parent)
+    if commit:
+        return f"softprompt {__version__} @ {commit}"
     return f"softprompt {__version__} ({os.environ.get('SOFTPROMPT_IMAGE', 'installed package')})"

@@ -59,7 +59,7 @@ def run_transfer(prompt: str | Path, source_task: str, targets: Sequence[tuple[s
                  skip_source: bool = False, progress: bool = True) -> dict[str, Any]:
     """Evaluate `prompt` on the source task and on each (target task, data dir); write transfer.json/.md and
     per-task predictions into the directory `output`."""
-    from softprompt.evaluation import Encoding, predict, rank_predictions, score
+    from softprompt.evaluation import predict, rank_predictions, score, trained_encoding
     from softprompt.models import load_base
     from softprompt.prompt import load_prompt, read_meta
     from softprompt.tasks import get_task, load_examples
@@ -78,9 +78,7 @@ def run_transfer(prompt: str | Path, source_task: str, targets: Sequence[tuple[s
         raise SoftpromptError(f"{source.name}: rank classification needs label strings; use --mode generate")
     base = load_base(model or meta["base_model"])
     net, _ = load_prompt(base, prompt)
-    cfg = meta.get("train", {})
-    encoding = Encoding(base.tokenizer, cfg.get("max_source_length", 512), cfg.get("max_target_length", 64),
-                        bool(cfg.get("target_sentinel", False)))
+    encoding = trained_encoding(base.tokenizer, meta)
     results: list[dict[str, Any]] = []
     files: dict[str, list[dict[str, Any]]] = {}
 

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from softprompt.config import load_params
+from softprompt.config import ValidateConfig
 from softprompt.errors import SoftpromptError
 from softprompt.io import atomic_dir, file_md5, write_json
 from softprompt.tasks.base import SPLITS, Task, get_task
@@ -52,39 +52,6 @@ TRAIN_INPUTS = "train_input_keys"  # suite parameter: the train split's input ke
 CONTROL_CHARS = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]"
 TYPE_NAMES = {"str": ["str"], "int": ["int"], "bool": ["bool"], "float": ["float", "int"],
               "label": ["str", "int", "bool"], "dict": ["dict"], "list": ["list"]}
-_V = load_params().get("validate", {})
-
-
-def _help(text: str, default: Any) -> Any:
-    return field(default=default, metadata={"help": text})
-
-
-@dataclass
-class ValidateConfig:
-    """Thresholds of the expectation suite; defaults from the `validate:` section of params.yaml."""
-
-    min_rows: int = _help("Fewest rows a split may have.", _V.get("min_rows", 32))
-    min_class_share: float = _help("Smallest share of rows any label may have in a labeled split (0 disables).",
-                                   _V.get("min_class_share", 0.05))
-    min_text_chars: int = _help("Shortest allowed text field, in characters; 0 also allows blank text.",
-                                _V.get("min_text_chars", 1))
-    max_text_chars: int = _help("Longest allowed text field, in characters.", _V.get("max_text_chars", 10000))
-    examples: int = _help("Offending rows kept per failed expectation in the report.", _V.get("examples", 5))
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.min_rows >= 0, "min_rows", "must be >= 0"),
-            (0.0 <= self.min_class_share < 1.0, "min_class_share", "must be in [0, 1)"),
-            (self.min_text_chars >= 0, "min_text_chars", "must be >= 0"),
-            (self.max_text_chars >= max(1, self.min_text_chars), "max_text_chars", "must be >= min_text_chars"),
-            (self.examples >= 1, "examples", "must be >= 1"),
-        ]
-        for ok, name, message in checks:
-            if not ok:
-                raise SoftpromptError(f"validate {name}: {message}, got {getattr(self, name)!r} (params.yaml "
-                                      "`validate:` or the command-line option)")
-
-
 @dataclass
 class SplitData:
     """One split as read from disk: normalised rows (each tagged with its file line) and file problems."""

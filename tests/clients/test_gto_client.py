@@ -1,4 +1,4 @@
-"""`gto show` and `gto history` read the registry `softprompt register` / `promote` write (README: "Which
+"""`gto show` and `gto history` read the registry `softprompt registry register` / `promote` write (README: "Which
 version is in production: `softprompt registry list --task rte` (or `gto show rte-prompt`)")."""
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ def registry_repo(project, tmp_path_factory) -> Project:
                 f"data/validated/{TASK}", "--profile", "smoke", "--output", str(second / "metrics.json"))
     for prompt, metrics in ((project.root / f"prompts/{TASK}", project.root / f"metrics/{TASK}.json"),
                             (second / "prompt", second / "metrics.json")):
-        reg.run("softprompt", "register", "--task", TASK, "--prompt", str(prompt), "--metrics", str(metrics),
-                "--promote", "never", "--repo", str(reg.root))
-    reg.run("softprompt", "promote", "--task", TASK, "--version", "2", "--force", "--repo", str(reg.root))
+        reg.run("softprompt", "registry", "register", "--task", TASK, "--prompt", str(prompt), "--metrics",
+                str(metrics), "--promote", "never", "--repo", str(reg.root))
+    reg.run("softprompt", "registry", "promote", "--task", TASK, "--version", "2", "--force", "--repo", str(reg.root))
     return reg
 
 

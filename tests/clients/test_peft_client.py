@@ -9,7 +9,7 @@ import torch
 from peft import PeftModel, PromptTuningConfig
 
 from clients.conftest import TASK
-from softprompt.evaluation import Encoding, max_new_tokens
+from softprompt.evaluation import max_new_tokens, trained_encoding
 from softprompt.models import load_base
 from softprompt.tasks import get_task
 
@@ -22,9 +22,10 @@ def test_peft_from_pretrained_and_generate_match_evaluate(project):
 
     rows = [json.loads(line) for line in (project.root / f"metrics/{TASK}.predictions.jsonl").read_text().splitlines()]
     batch = base.tokenizer([r["inputs"] for r in rows], padding=True, return_tensors="pt")
+    new_tokens = max_new_tokens(get_task(TASK), trained_encoding(base.tokenizer, {}))
     with torch.no_grad():
         out = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], do_sample=False,
-                             num_beams=1, max_new_tokens=max_new_tokens(get_task(TASK), Encoding(base.tokenizer)))
+                             num_beams=1, max_new_tokens=new_tokens)
     texts = [t.strip() for t in base.tokenizer.batch_decode(out, skip_special_tokens=True)]
     assert len(texts) == len(rows) == 8
     assert texts == [r["prediction"] for r in rows]

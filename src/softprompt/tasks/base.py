@@ -127,9 +127,8 @@ def register(task: Task) -> Task:
 
 
 def get_task(name: str, taskless: bool = False) -> Task:
-    """The task called `name` (case-insensitive)."""
-    import softprompt.tasks  # noqa: F401  (registers every task)
-
+    """The task called `name` (case-insensitive). Every task is registered by then: importing this module
+    imports its package first, whose __init__ imports each task module."""
     task = TASKS.get(name.lower())
     if task is None:
         raise SoftpromptError(f"unknown task {name!r}; choose one of {', '.join(sorted(TASKS))}")

@@ -6,9 +6,10 @@ import subprocess
 import threading
 
 import pytest
-from test_registry import git, make_prompt, metrics
+from support.registry import git, make_prompt, metrics
 
-from softprompt import registry, registry_gcs
+from softprompt import registry
+from softprompt.registry import gcs_pointer
 
 BUCKET = "softprompt-registry"
 
@@ -23,15 +24,15 @@ def emulator(gcs_emulator):
 
 def test_pointer_compare_and_swap(emulator):
     remote = f"gs://{BUCKET}/cas"
-    assert registry_gcs.read_pointer(remote, "rte") == (None, 0)
-    assert registry_gcs.write_pointer(remote, "rte", {"number": 1}, 0)
-    assert not registry_gcs.write_pointer(remote, "rte", {"number": 2}, 0)  # someone created it first
-    data, generation = registry_gcs.read_pointer(remote, "rte")
+    assert gcs_pointer.read_pointer(remote, "rte") == (None, 0)
+    assert gcs_pointer.write_pointer(remote, "rte", {"number": 1}, 0)
+    assert not gcs_pointer.write_pointer(remote, "rte", {"number": 2}, 0)  # someone created it first
+    data, generation = gcs_pointer.read_pointer(remote, "rte")
     assert data == {"number": 1} and generation > 0
-    assert registry_gcs.write_pointer(remote, "rte", {"number": 3}, generation)
-    assert not registry_gcs.write_pointer(remote, "rte", {"number": 4}, generation)  # stale generation
-    assert registry_gcs.read_pointer(remote, "rte")[0] == {"number": 3}
-    assert registry_gcs.read_pointer(remote, "cb") == (None, 0)
+    assert gcs_pointer.write_pointer(remote, "rte", {"number": 3}, generation)
+    assert not gcs_pointer.write_pointer(remote, "rte", {"number": 4}, generation)  # stale generation
+    assert gcs_pointer.read_pointer(remote, "rte")[0] == {"number": 3}
+    assert gcs_pointer.read_pointer(remote, "cb") == (None, 0)
 
 
 def candidate(number: int, value: float, md5: str) -> registry.Version:
@@ -45,17 +46,17 @@ def test_racing_promotions_leave_the_best_in_production(emulator):
     results: dict[int, bool] = {}
 
     def run(i: int) -> None:
-        results[i] = registry_gcs.swap_production(remote, candidate(i + 1, values[i], f"md5-{i}"), 0.5, False)[0]
+        results[i] = gcs_pointer.swap_production(remote, candidate(i + 1, values[i], f"md5-{i}"), 0.5, False)[0]
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(len(values))]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    pointer, _ = registry_gcs.read_pointer(remote, "rte")
+    pointer, _ = gcs_pointer.read_pointer(remote, "rte")
     assert pointer["value"] == 75.0 and pointer["version"] == "v2" and results[1]
-    assert not registry_gcs.swap_production(remote, candidate(9, 75.2, "md5-9"), 0.5, False)[0]
-    assert registry_gcs.swap_production(remote, candidate(9, 75.2, "md5-9"), 0.5, True) == (True, "forced")
+    assert not gcs_pointer.swap_production(remote, candidate(9, 75.2, "md5-9"), 0.5, False)[0]
+    assert gcs_pointer.swap_production(remote, candidate(9, 75.2, "md5-9"), 0.5, True) == (True, "forced")
 
 
 def test_register_with_gs_remote_pushes_and_clone_pulls(emulator, tmp_path):
@@ -71,7 +72,7 @@ def test_register_with_gs_remote_pushes_and_clone_pulls(emulator, tmp_path):
     r2 = registry.register(root, "rte", make_prompt(tmp_path / "p2", "rte", 2), metrics(tmp_path, "rte", 60.2),
                            settings=settings)
     assert not r2.promoted and "gs production pointer" not in r2.reason  # the git record already refuses it
-    pointer, _ = registry_gcs.read_pointer(settings.remote, "rte")
+    pointer, _ = gcs_pointer.read_pointer(settings.remote, "rte")
     assert (pointer["version"], pointer["md5"]) == ("v1", r1.md5)
     assert "url = gs://softprompt-registry/dvc" in (root / ".dvc/config").read_text()
 

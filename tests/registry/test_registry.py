@@ -3,33 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from support.registry import ENV, git, make_prompt, metrics
 from typer.testing import CliRunner
 
 from softprompt import registry
 from softprompt.errors import SoftpromptError
-
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "GIT_AUTHOR_NAME": "t",
-       "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
-
-
-def make_prompt(out: Path, task: str, seed: int) -> Path:
-    """A real (untrained) soft prompt on the tiny base model, saved as `softprompt train` would."""
-    from softprompt.config import PromptConfig
-    from softprompt.models import load_base
-    from softprompt.prompt import attach_prompt, save_prompt
-
-    base = load_base("tiny")
-    model = attach_prompt(base, PromptConfig(length=4, init="random"), None, seed)
-    meta = {"task": task, "method": "prompt", "base_model": base.name, "base_fingerprint": base.fingerprint,
-            "prompt_length": 4, "init": "random", "train": {"seed": seed, "steps": 5},
-            "data": {"source": "data/validated/" + task, "files": {"train.jsonl": "md5:abc"}}}
-    return save_prompt(model, out, meta)
 
 
 @pytest.fixture(scope="module")
@@ -37,12 +20,6 @@ def prompts(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("prompts")
     specs = {"rte1": ("rte", 1), "rte2": ("rte", 2), "rte3": ("rte", 3), "cb1": ("cb", 4)}
     return {name: make_prompt(root / name, task, seed) for name, (task, seed) in specs.items()}
-
-
-def metrics(tmp: Path, task: str, value: float, name: str = "accuracy") -> Path:
-    path = tmp / f"metrics-{task}-{value}.json"
-    path.write_text(json.dumps({"task": task, "split": "validation", name: value, "main_metric": name}))
-    return path
 
 
 @pytest.fixture
@@ -60,10 +37,6 @@ def repo(tmp_path: Path) -> Path:
 @pytest.fixture
 def settings(tmp_path: Path) -> registry.Settings:
     return registry.Settings(remote=str(tmp_path / "remote"), promotion_margin=0.5, lock_timeout=120)
-
-
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout
 
 
 def test_register_promote_by_metric_and_gate(repo, settings, prompts, tmp_path):
@@ -186,8 +159,8 @@ def test_pull_refuses_files_that_do_not_match_their_hash(repo, settings, prompts
 def test_concurrent_registrations_lose_nothing(repo, settings, prompts, tmp_path):
     env = {**ENV, "SOFTPROMPT_REGISTRY_REMOTE": settings.remote}
     jobs = [("rte", "rte1", 60.0), ("rte", "rte2", 70.0), ("cb", "cb1", 50.0)]
-    procs = [subprocess.Popen([sys.executable, "-m", "softprompt.cli", "register", "--task", task, "--prompt",
-                               str(prompts[name]), "--metrics", str(metrics(tmp_path, task, value)),
+    procs = [subprocess.Popen([sys.executable, "-m", "softprompt.cli", "registry", "register", "--task", task,
+                               "--prompt", str(prompts[name]), "--metrics", str(metrics(tmp_path, task, value)),
                                "--repo", str(repo), "--run-id", name], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for task, name, value in jobs]
     outputs = [p.communicate(timeout=300)[0] for p in procs]
@@ -208,14 +181,14 @@ def test_registration_killed_halfway_leaves_no_version(repo, settings, prompts, 
         raise KeyboardInterrupt  # as if killed between pushing the files and committing them
 
     with monkeypatch.context() as m:
-        m.setattr(registry, "_write_dvc_meta", die)
+        m.setattr(registry.dvc, "write_meta", die)
         with pytest.raises(KeyboardInterrupt):
             registry.register(repo, "rte", prompts["rte2"], metrics(tmp_path, "rte", 90.0), settings=settings)
     assert [v.name for v in registry.versions(repo, "rte")] == ["v1"]
     assert registry.production_numbers(repo) == {"rte": 1}
 
     with monkeypatch.context() as m:  # killed after the commit, before the tag: still invisible
-        m.setattr(registry, "_gto_register", die)
+        m.setattr(registry.git, "gto_register", die)
         with pytest.raises(KeyboardInterrupt):
             registry.register(repo, "rte", prompts["rte2"], metrics(tmp_path, "rte", 90.0), settings=settings)
     assert [v.name for v in registry.versions(repo, "rte")] == ["v1"]
@@ -258,8 +231,15 @@ def test_bad_inputs_name_the_problem(repo, settings, prompts, tmp_path):
 
 def test_settings_come_from_params_and_env(monkeypatch, tmp_path):
     monkeypatch.delenv("SOFTPROMPT_REGISTRY_REMOTE", raising=False)
+    from softprompt.config import load_params
+
     s = registry.Settings.load()
     assert s.stage == "prod" and s.promote == "auto" and s.promotion_margin >= 0
+    # params.yaml's margin everywhere: loaded, and as the dataclass default (the library's own callers).
+    assert s.promotion_margin == registry.Settings(remote="/r").promotion_margin == (
+        load_params()["registry"]["promotion_margin"])
+    with pytest.raises(SoftpromptError, match="registry.promote: must be one of auto, never, force"):
+        registry.Settings(remote="/r", promote="sometimes")
     monkeypatch.setenv("SOFTPROMPT_REGISTRY_REMOTE", "gs://bucket/prompts")
     assert registry.Settings.load().remote_url() == "gs://bucket/prompts"
     assert registry.Settings(remote=str(tmp_path / "x" / ".." / "r")).remote_url() == str(tmp_path / "r")

@@ -15,6 +15,7 @@ from typing import Any
 
 from softprompt.errors import SoftpromptError
 from softprompt.gcs import client, split_uri
+from softprompt.registry.versions import Version, gate
 
 POINTER_DIR = "softprompt-production"
 MAX_TRIES = 8
@@ -57,26 +58,28 @@ def write_pointer(remote: str, task: str, data: dict[str, Any], generation: int)
     return True
 
 
-def swap_production(remote: str, candidate: Any, margin: float, force: bool) -> tuple[bool, str]:
-    """Gate `candidate` (a registry.Version) against the pointer and swap it in; retried on a lost race."""
-    from softprompt.registry import Version, gate
-
+def swap_production(remote: str, candidate: Version, margin: float, force: bool) -> tuple[bool, str]:
+    """Gate `candidate` against the pointer and swap it in; retried on a lost race."""
     for _ in range(MAX_TRIES):
         current, generation = read_pointer(remote, candidate.task)
-        current_version = None
-        if current:
-            current_version = Version(task=candidate.task, number=int(current["number"]), commit="",
-                                      md5=current.get("md5", ""), main_metric=current.get("main_metric", ""),
-                                      value=current.get("value"))
-        ok, reason = gate(candidate, current_version, margin)
-        if force and not (current_version and current_version.md5 == candidate.md5):
-            ok, reason = True, "forced"
+        ok, reason = gate(candidate, pointed_version(candidate.task, current), margin, force)
         if not ok:
             return False, reason + " (gs production pointer)"
-        data = {"task": candidate.task, "version": candidate.name, "number": candidate.number, "md5": candidate.md5,
-                "main_metric": candidate.main_metric, "value": candidate.value, "run_id": candidate.run_id,
-                "promoted_at": datetime.now(UTC).isoformat(timespec="seconds")}
-        if write_pointer(remote, candidate.task, data, generation):
+        if write_pointer(remote, candidate.task, pointer_data(candidate), generation):
             return True, reason
     raise SoftpromptError(f"{remote}: production pointer of {candidate.task} kept changing during {MAX_TRIES} "
                           "tries; retry the promotion")
+
+
+def pointed_version(task: str, pointer: dict[str, Any] | None) -> Version | None:
+    """The production version a pointer names (None: no pointer yet)."""
+    if not pointer:
+        return None
+    return Version(task=task, number=int(pointer["number"]), commit="", md5=pointer.get("md5", ""),
+                   main_metric=pointer.get("main_metric", ""), value=pointer.get("value"))
+
+
+def pointer_data(version: Version) -> dict[str, Any]:
+    return {"task": version.task, "version": version.name, "number": version.number, "md5": version.md5,
+            "main_metric": version.main_metric, "value": version.value, "run_id": version.run_id,
+            "promoted_at": datetime.now(UTC).isoformat(timespec="seconds")}

@@ -1,0 +1,153 @@
+"""The one place that runs git: commands, the registry's write lock, commits, tags (GTO's too), code versions
+and the clone-and-push of a registry repo given by URL."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+from softprompt.errors import SoftpromptError
+from softprompt.registry.versions import REGISTRY_DIR, artifact, semver
+
+LOCK_FILE = "softprompt-registry.lock"
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    """`git ARGS`, its output captured; the caller decides what a failure means."""
+    return subprocess.run(["git", *args], capture_output=True, text=True)
+
+
+def git(repo: Path, *args: str, check: bool = True) -> str:
+    """Run git in `repo`; a failure becomes a SoftpromptError with git's own message."""
+    proc = run("-C", str(repo), *args)
+    if check and proc.returncode != 0:
+        message = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
+        raise SoftpromptError(f"{repo}: git {args[0]} failed: {message[-1] if message else proc.returncode}")
+    return proc.stdout.strip()
+
+
+def repo_root(path: str | Path | None) -> Path:
+    """The top of the git repo holding `path` (default: the current directory)."""
+    path = Path(path or ".").resolve()
+    if not path.is_dir():
+        raise SoftpromptError(f"--repo {path}: no such directory; pass a clone of the registry repo")
+    proc = run("-C", str(path), "rev-parse", "--show-toplevel")
+    if proc.returncode != 0:
+        raise SoftpromptError(f"--repo {path}: not a git repository; run inside a clone of the project or pass --repo")
+    return Path(proc.stdout.strip())
+
+
+def code_version(path: Path, *ignore: str) -> str | None:
+    """The commit the checkout holding `path` is at, with `-dirty` if tracked files under `path` (but those in
+    `ignore`) have uncommitted changes; None outside a git checkout."""
+    commit = git(path, "rev-parse", "HEAD", check=False)
+    if not commit:
+        return None
+    dirty = git(path, "status", "--porcelain", "--untracked-files=no", "--", ".", *(f":!{p}" for p in ignore),
+                check=False)
+    return commit + ("-dirty" if dirty else "")
+
+
+def _identity(repo: Path) -> list[str]:
+    """Commit identity: the repo's own, else a fixed one (pipeline containers have no git config)."""
+    if git(repo, "config", "user.email", check=False):
+        return []
+    return ["-c", "user.name=softprompt registry", "-c", "user.email=registry@softprompt.invalid"]
+
+
+def commit(repo: Path, message: str, paths: list[str]) -> str:
+    """Commit exactly `paths` (other staged work in the checkout is left alone); returns the commit."""
+    git(repo, "add", "--", *paths)
+    git(repo, *_identity(repo), "commit", "-q", "-m", message, "--", *paths)
+    return git(repo, "rev-parse", "HEAD")
+
+
+def tags(repo: Path) -> list[tuple[str, str, str]]:
+    """(tag, commit, message subject) of every tag; annotated tags are dereferenced to their commit."""
+    out = git(repo, "for-each-ref", "refs/tags", "--format=%(refname:short)\t%(*objectname)\t%(objectname)"
+              "\t%(contents:subject)")
+    rows = []
+    for line in out.splitlines():
+        name, deref, obj, subject = (line.split("\t") + ["", "", ""])[:4]
+        rows.append((name, deref or obj, subject))
+    return rows
+
+
+def show(repo: Path, commit_id: str, path: str) -> str:
+    """A file's text as of a commit."""
+    return git(repo, "show", f"{commit_id}:{path}")
+
+
+def gto_register(repo: Path, task: str, number: int, commit_id: str, message: str) -> None:
+    """The version tag, written by GTO (so `gto show` reads it)."""
+    import gto.api
+
+    gto.api.register(str(repo), artifact(task), commit_id, version=semver(number), message=message)
+
+
+def gto_assign(repo: Path, task: str, number: int, stage: str, message: str) -> None:
+    """A stage tag for the version, written by GTO; re-assigning a version that held the stage before (a
+    rollback) is allowed."""
+    import gto.api
+
+    gto.api.assign(str(repo), artifact(task), stage, version=semver(number), force=True, message=message)
+
+
+@contextlib.contextmanager
+def registry_lock(repo: Path, timeout: float) -> Iterator[None]:
+    """One writer per checkout: an OS file lock in .git/ (released even if the process is killed)."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(Path(git(repo, "rev-parse", "--absolute-git-dir")) / LOCK_FILE))
+    try:
+        with lock.acquire(timeout=timeout):
+            discard_uncommitted(repo)
+            yield
+    except Timeout as e:
+        raise SoftpromptError(f"{repo}: another registration held the registry lock for {timeout:.0f} s; "
+                              "retry, or raise registry.lock_timeout in params.yaml") from e
+
+
+def discard_uncommitted(repo: Path) -> None:
+    """Drop what a registration killed halfway left in registry/ (a version exists only once committed+tagged)."""
+    if not (repo / REGISTRY_DIR).exists():
+        return
+    git(repo, "reset", "-q", "--", REGISTRY_DIR, check=False)
+    if git(repo, "ls-files", "--", REGISTRY_DIR):
+        git(repo, "checkout", "-q", "--", REGISTRY_DIR)
+    git(repo, "clean", "-fdq", "--", REGISTRY_DIR)
+    # Ignored (DVC-tracked) version directories with no committed .dvc file are leftovers too.
+    for child in (repo / REGISTRY_DIR).glob("*/*"):
+        if child.is_dir() and not child.with_name(child.name + ".dvc").exists():
+            shutil.rmtree(child, ignore_errors=True)
+
+
+def is_git_url(repo: str | None) -> bool:
+    return bool(repo) and (repo.startswith(("https://", "http://", "ssh://", "git@", "file://")))
+
+
+def authenticated(url: str) -> str:
+    """An https URL with $GIT_TOKEN (mounted from a Kubernetes secret) as credentials; other URLs unchanged."""
+    token = os.environ.get("GIT_TOKEN")
+    if token and url.startswith("https://") and "@" not in url.split("/")[2]:
+        return url.replace("https://", f"https://x-access-token:{token}@", 1)
+    return url
+
+
+def clone(url: str, dest: Path) -> Path:
+    proc = run("clone", "-q", authenticated(url), str(dest))
+    if proc.returncode != 0:
+        raise SoftpromptError(f"cannot clone the registry repo {url}: {proc.stderr.strip()[-300:]}")
+    return dest
+
+
+def push_atomic(repo: Path, tag_names: list[str]) -> str:
+    """`git push --atomic` of the current branch and `tag_names`: all land or none. Returns git's error, or ""."""
+    branch = git(repo, "rev-parse", "--abbrev-ref", "HEAD")
+    proc = run("-C", str(repo), "push", "-q", "--atomic", "origin", f"HEAD:{branch}",
+               *(f"refs/tags/{name}" for name in tag_names))
+    return "" if proc.returncode == 0 else proc.stderr.strip()[-300:]
