@@ -382,6 +382,11 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--version", default=None, help="version name (default: a timestamp)")
     args = parser.parse_args(argv)
     try:
+        if args.command == "run":
+            from softprompt.profile_choice import choose_profile
+
+            args.profile, why = choose_profile(args.profile, on_cluster=bool(os.environ.get("KFP_HOST")))
+            print(f"using {why}", file=sys.stderr)
         if args.command == "compile":
             print(f"wrote {compile_spec(args.profile, args.spec)}")
         elif args.command == "upload":

@@ -230,3 +230,79 @@ def code_version() -> str:
                                 "."], capture_output=True, text=True).stdout.strip()
         return f"softprompt {__version__} @ {proc.stdout.strip()}{'-dirty' if dirty else ''}"
     return f"softprompt {__version__} ({os.environ.get('SOFTPROMPT_IMAGE', 'installed package')})"
+
+
+# ---------------------------------------------------------------- what the Kubeflow UI shows of each step
+
+
+def log_metrics(artifact: Any, values: dict[str, Any]) -> None:
+    """Log the numeric `values` on a KFP Metrics artifact, and write its metadata to the artifact's file too: the
+    UI reads the metadata, kfp.local's cache counts an output artifact without a file as missing."""
+    for key, value in values.items():
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            artifact.log_metric(key, value)
+    write_json(artifact.path, artifact.metadata)
+
+
+def write_artifact_file(artifact: Any) -> None:
+    """An artifact that lives in metadata only (ClassificationMetrics) gets its file, for kfp.local's cache."""
+    write_json(artifact.path, artifact.metadata)
+
+
+def lm_adapt_reports(model_dir: str | Path, page: str | Path) -> dict[str, Any]:
+    """The lm-adapt step's HTML page (loss curves, validation loss before/after) and its Metrics values; with
+    LM adaptation skipped, a page that says so and no values."""
+    from softprompt.lm_adapt import METRICS_FILE, lm_adapt_summary
+    from softprompt.report import lm_adapt_page, paragraph, write_page
+    from softprompt.report import page as html_page
+
+    metrics_file = Path(model_dir) / METRICS_FILE
+    if not metrics_file.is_file():
+        ref = json.loads((Path(model_dir) / MODEL_REF).read_text(encoding="utf-8"))
+        write_page(page, html_page("LM adaptation skipped", [paragraph(
+            f"lm_adapt_steps is 0: prompts are trained on {ref['model']} as it is.")]))
+        return {}
+    meta = json.loads(metrics_file.read_text(encoding="utf-8"))
+    summary = lm_adapt_summary(meta)
+    write_page(page, lm_adapt_page(meta, summary))
+    return summary
+
+
+def train_reports(prompt_dir: str | Path, page: str | Path) -> dict[str, Any]:
+    """The train step's HTML page (training loss and validation score over steps) and its Metrics values."""
+    from softprompt.prompt import read_meta
+    from softprompt.report import training_page, write_page
+    from softprompt.training import training_summary
+
+    meta = read_meta(prompt_dir)
+    summary = training_summary(meta)
+    write_page(page, training_page(meta, summary))
+    return summary
+
+
+def evaluation_reports(evaluation_dir: str | Path, page: str | Path) -> dict[str, Any]:
+    """The evaluation report (per-prompt scores beside the ensemble, confusion matrix, share of non-label
+    outputs, twenty wrong predictions of the best prompt) from evaluate_step's output; returns the metrics."""
+    from softprompt.evaluation import predictions_path
+    from softprompt.report import evaluation_page, write_page, wrong_predictions
+
+    evaluation_dir = Path(evaluation_dir)
+    result = json.loads((evaluation_dir / "metrics.json").read_text(encoding="utf-8"))
+    with predictions_path(evaluation_dir / f"prompt-{result['best_prompt']}.json").open(encoding="utf-8") as f:
+        wrong = wrong_predictions(json.loads(line) for line in f)
+    write_page(page, evaluation_page(result, wrong))
+    return result
+
+
+def validation_reports(report_dir: str | Path, page: str | Path) -> dict[str, Any] | None:
+    """The validation page (every expectation, its result, sample offending rows) from validation.json, if the
+    validation got as far as writing it; returns the report."""
+    from softprompt.report import validation_page, write_page
+    from softprompt.validation import RESULT_FILE
+
+    result_file = Path(report_dir) / RESULT_FILE
+    if not result_file.is_file():
+        return None
+    result = json.loads(result_file.read_text(encoding="utf-8"))
+    write_page(page, validation_page(result))
+    return result

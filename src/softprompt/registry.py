@@ -453,7 +453,10 @@ def register(repo: str | Path | None, task: str, prompt_dir: str | Path, metrics
         _write_dvc_meta(dvc_file, {**{k: lineage[k] for k in ("task", "version", "main_metric", "value", "run_id",
                                                               "code_version", "registered_at", "base_model",
                                                               "prompt_md5")},
-                                   "data_fingerprint": lineage["data"].get("fingerprint")})
+                                   "data_fingerprint": lineage["data"].get("fingerprint"),
+                                   "data_files": lineage["data"].get("files"),  # `registry show`: the data version
+                                   "metrics": {k: v for k, v in metrics.items()  # `registry show`: the scores
+                                               if isinstance(v, float)}})  # (counts and settings are ints)
         md5 = read_dvc_file(dvc_file.read_text(), str(dvc_file))["md5"]
         commit = _commit(root, f"registry: register {artifact(task)} {semver(number)} ({main_metric}={value:g})",
                          [_rel(root, dvc_file), _rel(root, dest.parent / ".gitignore"), *config_files])

@@ -612,14 +612,15 @@ def _describe(c: dict[str, Any], limit: int) -> str:
     if c["check"] == "class_share":
         return f"{name}: {c['description']}, observed {c.get('observed_share', 0):.1%}"
     if "unexpected_count" in c:
-        shown = ", ".join(_show(e) for e in c.get("examples", [])[:limit])
+        shown = ", ".join(show_example(e) for e in c.get("examples", [])[:limit])
         return f"{name}: {c['unexpected_count']} of {c.get('element_count')} rows fail ({c['description']}); " \
                f"e.g. {shown}"
     observed = c.get("details") or c.get("observed_value")
     return f"{name}: {c['description']}; observed {json.dumps(observed, default=str)}"
 
 
-def _show(example: dict[str, Any]) -> str:
+def show_example(example: dict[str, Any]) -> str:
+    """`line 4 idx 3 "maybe"`: one offending row as the summary and the validation page show it."""
     parts = [f"line {example.get('line')}"]
     if "id" in example:
         parts.append(f"idx {json.dumps(example['id'], default=str)}")
