@@ -15,26 +15,29 @@ from components import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def validate_data(task: str, data: str, data_root: str, validation: Output[Artifact], report: Output[HTML],
+def validate_data(task: str, data: str, data_root: str, reuse: bool, validation: Output[Artifact],
+                  report: Output[HTML],
                   checks: Output[Metrics]) -> NamedTuple("Outputs", fingerprint=str, location=str):
     """Validate the task's data (a directory, gs:// prefix, or '' for the Hub) and store it under
-    DATA_ROOT/<task>/<fingerprint>; fail the run on bad data. `report` (HTML) is one self-contained page with
-    every expectation, its result and sample offending rows; `validation` holds validation.json and the full
-    Great Expectations Data Docs site (data_docs/)."""
+    DATA_ROOT/<task>/<fingerprint>; fail the run on bad data. With `reuse`, content that the same suite
+    validated before (a local DATA_ROOT) gets that stored report instead of a second Great Expectations run.
+    `report` (HTML) is one self-contained page with every expectation, its result and sample offending rows;
+    `validation` holds validation.json and the full Great Expectations Data Docs site (data_docs/)."""
     import tempfile
     from collections import namedtuple
 
     from softprompt.pipeline_steps import log_metrics, validate_step, validation_reports
 
     try:
-        result = validate_step(task, data, data_root, validation.path, tempfile.mkdtemp())
+        result = validate_step(task, data, data_root, validation.path, tempfile.mkdtemp(), reuse=reuse)
     finally:  # failed data too: the page shows what failed
         validation_reports(validation.path, report.path)
     stats = result["statistics"]
     log_metrics(checks, {"evaluated_expectations": stats["evaluated_expectations"],
                          "unsuccessful_expectations": stats["unsuccessful_expectations"],
                          **{f"{split}_rows": info["rows"] for split, info in result["splits"].items()}})
-    validation.metadata.update({"task": task, "source": data, "fingerprint": result["fingerprint"],
+    validation.metadata.update({"task": task, "source": data, "reused": result["reused"],
+                                "fingerprint": result["fingerprint"],
                                 "location": result["location"], "files": result["files"]})
     outputs = namedtuple("Outputs", ["fingerprint", "location"])
     return outputs(result["fingerprint"], result["location"])

@@ -37,6 +37,8 @@ def arguments(args: argparse.Namespace) -> dict[str, Any]:
         out["data"] = args.data
     if args.model:
         out["model"] = args.model
+    if not getattr(args, "caching", True):  # --no-cache: no reuse of any kind
+        out["reuse_validation"] = False
     for pair in args.param or []:
         key, _, value = pair.partition("=")
         is_json = (value != "" and value[0] in "[{0123456789-") or value in ("true", "false")  # KEY= is ""
@@ -228,7 +230,7 @@ def summarize_local(run_dir: Path, task: str, seconds: float,
         "validation": "passed" if validation.get("success") else "failed",
         "expectations": validation.get("statistics", {}).get("evaluated_expectations"),
         "data_fingerprint": data.get("fingerprint"), "data_location": data.get("location"),
-        "cached": sorted(cached),
+        "cached": sorted(cached) + (["validation (stored report)"] if validation.get("reused") else []),
         "main_metric": metrics.get("main_metric"), "score": metrics.get(metrics.get("main_metric", ""), None),
         "per_prompt": metrics.get("per_prompt"), "ensemble": metrics.get("ensemble"),
         "registered": (f"{registered} ({why})" if why else registered)

@@ -234,7 +234,8 @@ def test_train_step_metrics_curves_and_tensorboard_logs(smoke):
     curves = (iteration / "train-prompt" / "curves").read_text()
     assert curves.count("data:image/png;base64,") == 2  # training loss, validation score
 
-    events = EventAccumulator(str(iteration / "train-prompt" / "prompt" / "runs"))  # what `tensorboard` reads
+    (logdir,) = (iteration / "train-prompt" / "prompt" / "runs").iterdir()  # one run: <time>_<host>
+    events = EventAccumulator(str(logdir))  # what `tensorboard --logdir` reads
     events.Reload()
     scalars = events.Tags()["scalars"]
     assert {"train/loss", "eval/score"} <= set(scalars), scalars
@@ -284,7 +285,8 @@ def test_retraining_follows_the_data_content(smoke):
     rc, out, run_dir = run_pipeline(smoke.root, smoke.argv)
     assert rc == 0, out[-3000:]
     rows = table(out)
-    assert rows["cached"] == "evaluate-prompts, lm-adapt, train-prompt"
+    assert rows["cached"] == "evaluate-prompts, lm-adapt, train-prompt, validation (stored report)"
+    assert json.loads((run_dir / "validate-data" / "validation" / "validation.json").read_text())["reused"] is True
     assert {p.name for p in run_dir.iterdir()} == {"validate-data", "register-prompt"}  # only these ran
     assert rows["registered"].startswith("rte-prompt@v1.0.0 (nothing new registered: ")
     assert "is already registered as rte-prompt@v1.0.0" in rows["registered"]
@@ -342,3 +344,20 @@ def test_preflight_names_what_to_pass_without_the_hub(tmp_path):
     assert "DATA=" in proc.stderr and "MODEL=" in proc.stderr
     assert "google/t5-base-lm-adapt" in proc.stderr and "Traceback" not in proc.stderr
     assert "Pipeline" not in proc.stdout  # kfp.local never started
+
+
+def test_without_a_profile_this_machine_uses_local_and_says_why(tmp_path):
+    """No PROFILE, no KFP_HOST, no GPU: the local profile, named in one line, then the Hub preflight's error."""
+    env = {k: v for k, v in os.environ.items() if k not in ("KFP_HOST", "PROFILE", "HF_HUB_CACHE")}
+    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf-home"), CUDA_VISIBLE_DEVICES="")
+    data = tmp_path / "RTE"
+    write_jsonl(data / "train.jsonl", rte_rows(32))
+    proc = subprocess.run([sys.executable, "-m", "pipelines.run", "run", "--task", "rte", "--data", str(data)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines[0].startswith("using profile local (no profile given, no KFP_HOST and no GPU/TPU visible")
+    local_model = load_params("local")["model"]
+    assert lines[-1].startswith("error: the Hugging Face Hub cannot be reached; pass MODEL=")
+    assert local_model in lines[-1]
+    assert "DATA=" not in lines[-1]  # the data was given

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from softprompt.io import atomic_write_text
-from softprompt.metrics import OTHER
 from softprompt.validation import show_example
 
 STYLE = """
@@ -180,6 +179,8 @@ def lm_adapt_page(meta: dict[str, Any], summary: dict[str, Any]) -> str:
 
 def non_label_share(confusion: dict[str, Any]) -> float:
     """Share of outputs that were not a label: the `<other>` column of the confusion matrix."""
+    from softprompt.metrics import OTHER  # here: the other pages need no sklearn
+
     labels, matrix = confusion["labels"], confusion["matrix"]
     total = sum(map(sum, matrix))
     if OTHER not in labels or not total:
@@ -208,7 +209,7 @@ def evaluation_page(result: dict[str, Any], wrong: Sequence[dict[str, Any]]) -> 
         parts += [heading("Confusion matrix (best prompt)"), confusion_chart(cm["labels"], cm["matrix"],
                                                                              "Confusion matrix"),
                   paragraph(f"Outputs that were not a label: {non_label_share(cm):.1%} "
-                            f"(the {OTHER} column).")]
+                            f"(the {cm['labels'][-1]} column).")]
     parts += [heading(f"Wrong predictions (first {len(wrong)})"),
               table(("idx", "input", "target", "output"),
                     [(r.get("idx"), (r.get("inputs"), "text"), r.get("targets"), (r.get("prediction"), "text"))

@@ -139,8 +139,8 @@ def training_arguments(cfg: TrainConfig, checkpoint_dir: Path, has_eval: bool, m
         seed=cfg.seed,
         data_seed=cfg.seed,
         bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
-        report_to=["tensorboard"],  # event files that `tensorboard --logdir` and Vertex AI TensorBoard read
-        logging_dir=str(checkpoint_dir / TENSORBOARD_DIR),
+        # TensorBoard event files, in OUTPUT_DIR/runs/<time>_<host>/ (the Trainer's default), copied into the output
+        report_to=["tensorboard"],
         disable_tqdm=not progress,
         remove_unused_columns=False,
         dataloader_num_workers=0,

@@ -14,6 +14,7 @@ functions: it takes seconds to import and the other commands must not pay for it
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import hashlib
@@ -512,6 +513,23 @@ def validate(task: str | Task, data_dir: str | Path, report_dir: str | Path, cfg
         write_validated(task, data_dir, data, Path(output), report_dir)
         report["output"] = str(output)
     return report
+
+
+def split_files(task: Task, data_dir: str | Path) -> dict[str, str]:
+    """{file name: md5} of the split files `validate` reads by default (train, validation, test if present):
+    what its manifest records when every expectation passes, computed without reading a row."""
+    files = {}
+    for split, _ in _splits_to_check(task, None):
+        with contextlib.suppress(SoftpromptError):  # absent: validation would name it (or skip optional test)
+            path = find_split_file(task, data_dir, split)
+            files[path.name] = file_md5(path)
+    return files
+
+
+def suite_key(task: Task, cfg: ValidateConfig) -> str:
+    """What decides a validation result besides the data: the task, the thresholds and this module's code."""
+    code = file_md5(Path(__file__))
+    return hashlib.md5(json.dumps([task.name, asdict(cfg), code], sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _check_replaceable(path: Path, marker: str, option: str) -> None:
