@@ -30,27 +30,38 @@ def external_urls(text: str) -> list[str]:
 
 
 def screenshot(page: Path, png: Path, width: int = 1100, height: int = 1600) -> Path:
-    """A PNG of `page` as headless Chromium renders it, with a fresh profile and no network."""
-    with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
-        proc = subprocess.run([chromium(), *FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}",
-                               f"--screenshot={png}", page.resolve().as_uri()],
-                              capture_output=True, text=True, timeout=120)
+    """A PNG of `page` as headless Chromium renders it as HTML, with a fresh profile and no network.
+
+    A KFP HTML artifact is a file without an extension (`.../report`), which the UI serves as text/html; a
+    file:// URL gets its type from the extension (of the file a link points to, too), so such a page is opened
+    from a `.html` copy."""
+    with tempfile.TemporaryDirectory(prefix="chromium-") as work:
+        target = page.resolve()
+        if target.suffix != ".html":
+            target = Path(shutil.copyfile(target, Path(work) / f"{page.name}.html"))
+        proc = subprocess.run([chromium(), *FLAGS, f"--user-data-dir={work}/profile", f"--window-size={width},{height}",
+                               f"--screenshot={png}", target.as_uri()], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and png.is_file(), proc.stderr[-2000:]
     return png
 
 
-def colours(png: Path) -> int:
-    """How many distinct colours the screenshot has (1: a blank page)."""
+def colours(png: Path) -> tuple[int, int]:
+    """(distinct colours, pixels with a hue) of a screenshot: a blank page is (1, 0); source text shown as plain
+    text is all grey (no hue); the pages' plots and PASS/FAIL marks are coloured."""
     from PIL import Image
 
     with Image.open(png) as img:
-        found = img.convert("RGB").getcolors(maxcolors=1 << 24)
-    return len(found or ())
+        rgb = img.convert("RGB")
+        found = rgb.getcolors(maxcolors=1 << 24) or []
+    coloured = sum(count for count, (r, g, b) in found if max(r, g, b) - min(r, g, b) > 40)
+    return len(found), coloured
 
 
 def assert_renders(page: Path, png: Path) -> None:
-    """The page names no external URL and renders as more than one flat colour in a real browser."""
+    """The page names no external URL and renders in a real browser as a page with colour, not a blank or its
+    source text."""
     text = page.read_text(encoding="utf-8")
     assert text.lstrip().startswith("<!DOCTYPE html>")
     assert external_urls(text) == []
-    assert colours(screenshot(page, png)) > 20
+    distinct, coloured = colours(screenshot(page, png))
+    assert distinct > 20 and coloured > 200, (distinct, coloured)

@@ -203,16 +203,16 @@ def test_evaluation_metrics_confusion_and_ensemble(smoke):
 def test_each_step_leaves_a_page_that_renders_offline(smoke, tmp_path):
     """The HTML artifacts the UI's viewer shows: self-contained, rendered by headless Chromium with no network."""
     pages = {"validate-data": smoke.run_dir / "validate-data" / "report",
-             "lm-adapt": smoke.run_dir / "lm-adapt" / "curves",
              "train-prompt": smoke.run_dir / "for-loop-1-iteration-0" / "train-prompt" / "curves",
              "evaluate-prompts": smoke.run_dir / "evaluate-prompts" / "report"}
     for step, page in pages.items():
         assert_renders(page, tmp_path / f"{step}.png")
+    skipped = (smoke.run_dir / "lm-adapt" / "curves").read_text()  # LM adaptation skipped: a line of text
+    assert skipped.startswith("<!DOCTYPE html>") and "lm_adapt_steps is 0: prompts are trained on tiny" in skipped
     validation = json.loads((smoke.run_dir / "validate-data" / "validation" / "validation.json").read_text())
     text = pages["validate-data"].read_text()
     assert text.count("<tr><td>") >= validation["statistics"]["evaluated_expectations"]  # one row per expectation
     assert (smoke.run_dir / "validate-data" / "validation" / "data_docs" / "index.html").is_file()  # the full site
-    assert "lm_adapt_steps is 0" in pages["lm-adapt"].read_text()
     report = pages["evaluate-prompts"].read_text()
     assert "prompt 1" in report and "ensemble" in report and "Outputs that were not a label" in report
     assert report.count("data:image/png;base64,") == 2  # the scores and the confusion matrix

@@ -70,7 +70,7 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
 
 
 def key_values(values: dict[str, Any]) -> str:
-    return table(("", ""), values.items())
+    return table(("name", "value"), values.items())
 
 
 def figure_png(fig: Any) -> bytes:
@@ -117,7 +117,7 @@ def bar_chart(values: dict[str, float], ylabel: str, title: str) -> str:
     bars = ax.bar(list(values), list(values.values()), color=["#4c72b0"] * (len(values) - 1) + ["#dd8452"])
     ax.bar_label(bars, fmt="%.2f")
     ax.set(ylabel=ylabel, title=title)
-    ax.margins(y=0.15)
+    ax.set_ylim(0, max([*values.values(), 0.0]) * 1.15 or 1.0)  # from 0, room for the labels
     return figure_tag(fig, title)
 
 
