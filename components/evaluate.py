@@ -2,7 +2,7 @@
 
 
 from kfp import dsl
-from kfp.dsl import ClassificationMetrics, Dataset, Input, Metrics, Model, Output
+from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
 
 from components import IMAGE
 
@@ -10,35 +10,35 @@ from components import IMAGE
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def evaluate_prompts(task: str, data: str, data_fingerprint: str, prompts: Input[list[Model]], mode: str, split: str,
                      metrics: Output[Metrics], confusion: Output[ClassificationMetrics], best_prompt: Output[Model],
-                     evaluation: Output[Dataset]) -> float:
+                     evaluation: Output[Dataset], report: Output[HTML]) -> float:
     """Evaluate the prompts on `split` of the validated data at `data` (content-addressed, checked against
-    `data_fingerprint`); returns the best prompt's main metric (the promotion gate's input)."""
-    import json
+    `data_fingerprint`); returns the best prompt's main metric (the promotion gate's input). The report (HTML)
+    shows each prompt's score beside the ensemble's, the confusion matrix and twenty wrong predictions."""
     import os
     import tempfile
 
     from softprompt.io import copy_dir
-    from softprompt.pipeline_steps import evaluate_step, fetch_validated
+    from softprompt.pipeline_steps import (
+        evaluate_step,
+        evaluation_reports,
+        fetch_validated,
+        log_metrics,
+        write_artifact_file,
+    )
+    from softprompt.report import non_label_share
 
     local = fetch_validated(data, data_fingerprint, tempfile.mkdtemp())
-    result = evaluate_step(task, local, [p.path for p in prompts], evaluation.path, mode=mode, split=split)
+    evaluate_step(task, local, [p.path for p in prompts], evaluation.path, mode=mode, split=split)
+    result = evaluation_reports(evaluation.path, report.path)
     main = result["main_metric"]
-    for key, value in result.items():
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            metrics.log_metric(key, value)
-    for i, value in enumerate(result["per_prompt"]):
-        metrics.log_metric(f"prompt_{i}_{main}", value)
-    for key, value in (result.get("ensemble") or {}).items():
-        metrics.log_metric(f"ensemble_{key}", value)
+    values = {**result, **{f"prompt_{i}_{main}": v for i, v in enumerate(result["per_prompt"])},
+              **{f"ensemble_{k}": v for k, v in (result.get("ensemble") or {}).items()}}
     if "confusion_matrix" in result:
         cm = result["confusion_matrix"]
         confusion.log_confusion_matrix(cm["labels"], cm["matrix"])
-    # The UI reads these two from metadata; the files are for kfp.local, whose cache counts an output artifact
-    # without a file as missing and would never reuse this step.
-    for artifact in (metrics, confusion):
-        os.makedirs(os.path.dirname(artifact.path), exist_ok=True)
-        with open(artifact.path, "w", encoding="utf-8") as f:
-            json.dump(artifact.metadata, f)
+        values["non_label_share"] = non_label_share(cm)
+    log_metrics(metrics, values)
+    write_artifact_file(confusion)
     copy_dir(result["prompt_dir"], best_prompt.path)
     best_prompt.metadata.update({"task": task, main: result[main], "data_fingerprint": data_fingerprint,
                                  "metrics_file": os.path.join(evaluation.path, "metrics.json")})

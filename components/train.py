@@ -1,7 +1,7 @@
 """Prompt training: one soft prompt per seed (the pipeline fans out over seeds for an ensemble)."""
 
 from kfp import dsl
-from kfp.dsl import Input, Model, Output
+from kfp.dsl import HTML, Input, Metrics, Model, Output
 
 from components import IMAGE
 
@@ -9,17 +9,19 @@ from components import IMAGE
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def train_prompt(task: str, data: str, data_fingerprint: str, base: Input[Model], profile: str, prompt_length: int,
                  init: str, steps: int, batch_size: int, learning_rate: float, seed: int,
-                 prompt: Output[Model]) -> float:
+                 prompt: Output[Model], metrics: Output[Metrics], curves: Output[HTML]) -> float:
     """Train a soft prompt on the validated data at `data` (content-addressed; its files must hash to
-    `data_fingerprint`); returns its validation main metric."""
+    `data_fingerprint`); returns its validation main metric. The prompt's `runs/` holds its TensorBoard logs;
+    `curves` (HTML) plots the training loss and the validation score over steps."""
     import tempfile
 
-    from softprompt.pipeline_steps import fetch_validated, train_step
+    from softprompt.pipeline_steps import fetch_validated, log_metrics, train_reports, train_step
 
     local = fetch_validated(data, data_fingerprint, tempfile.mkdtemp())
     meta = train_step(task, local, base.path, prompt.path, profile or None,
                       data_meta={"fingerprint": data_fingerprint, "location": data}, prompt_length=prompt_length,
                       init=init, steps=steps, batch_size=batch_size, lr=learning_rate, seed=seed)
+    log_metrics(metrics, train_reports(prompt.path, curves.path))
     validation = meta["metrics"]["validation"]
     prompt.metadata.update({"task": task, "seed": seed, "base_model": meta["base_model"],
                             "prompt_length": meta["prompt_length"], "steps": meta["steps_trained"],

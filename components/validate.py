@@ -15,30 +15,29 @@ from components import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def validate_data(task: str, data: str, data_root: str, validation: Output[Artifact], report: Output[HTML],
+def validate_data(task: str, data: str, data_root: str, reuse: bool, validation: Output[Artifact],
+                  report: Output[HTML],
                   checks: Output[Metrics]) -> NamedTuple("Outputs", fingerprint=str, location=str):
     """Validate the task's data (a directory, gs:// prefix, or '' for the Hub) and store it under
-    DATA_ROOT/<task>/<fingerprint>; fail the run on bad data."""
-    import os
+    DATA_ROOT/<task>/<fingerprint>; fail the run on bad data. With `reuse`, content that the same suite
+    validated before (a local DATA_ROOT) gets that stored report instead of a second Great Expectations run.
+    `report` (HTML) is one self-contained page with every expectation, its result and sample offending rows;
+    `validation` holds validation.json and the full Great Expectations Data Docs site (data_docs/)."""
     import tempfile
     from collections import namedtuple
 
-    from softprompt.pipeline_steps import validate_step
+    from softprompt.pipeline_steps import log_metrics, validate_step, validation_reports
 
     try:
-        result = validate_step(task, data, data_root, validation.path, tempfile.mkdtemp())
-    finally:
-        index = os.path.join(validation.path, "data_docs", "index.html")
-        if os.path.isfile(index):  # the UI's HTML viewer takes one file: the Data Docs index page
-            os.makedirs(os.path.dirname(report.path), exist_ok=True)
-            with open(index, encoding="utf-8") as src, open(report.path, "w", encoding="utf-8") as dst:
-                dst.write(src.read())
+        result = validate_step(task, data, data_root, validation.path, tempfile.mkdtemp(), reuse=reuse)
+    finally:  # failed data too: the page shows what failed
+        validation_reports(validation.path, report.path)
     stats = result["statistics"]
-    checks.log_metric("evaluated_expectations", stats["evaluated_expectations"])
-    checks.log_metric("unsuccessful_expectations", stats["unsuccessful_expectations"])
-    for split, info in result["splits"].items():
-        checks.log_metric(f"{split}_rows", info["rows"])
-    validation.metadata.update({"task": task, "source": data, "fingerprint": result["fingerprint"],
+    log_metrics(checks, {"evaluated_expectations": stats["evaluated_expectations"],
+                         "unsuccessful_expectations": stats["unsuccessful_expectations"],
+                         **{f"{split}_rows": info["rows"] for split, info in result["splits"].items()}})
+    validation.metadata.update({"task": task, "source": data, "reused": result["reused"],
+                                "fingerprint": result["fingerprint"],
                                 "location": result["location"], "files": result["files"]})
     outputs = namedtuple("Outputs", ["fingerprint", "location"])
     return outputs(result["fingerprint"], result["location"])

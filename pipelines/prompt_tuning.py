@@ -98,6 +98,7 @@ def build_pipeline(profile: str | None = None, on_cluster: bool = True):
         model: str = params["model"],
         data: str = pipe["data"],
         data_root: str = pipe["data_root"],
+        reuse_validation: bool = pipe["reuse_validation"],
         lm_adapt_steps: int = pipe["lm_adapt_steps"],
         lm_objective: str = params["lm_adapt"]["objective"],
         lm_corpus: str = pipe["lm_corpus"],
@@ -124,6 +125,7 @@ def build_pipeline(profile: str | None = None, on_cluster: bool = True):
             model: Base model: Hub id, gs:// URI, local directory, or `tiny`.
             data: Task data: a directory or gs:// prefix with the official files; empty loads the Hub dataset.
             data_root: Where validated data is stored by content, DATA_ROOT/<task>/<fingerprint> (gs:// on a cluster).
+            reuse_validation: Reuse the stored report of the same data content, suite and thresholds (local data_root).
             lm_adapt_steps: LM-adaptation steps before prompt tuning; 0 uses the base model as is.
             lm_objective: prefix-lm (LM adaptation) or span-corruption.
             lm_corpus: Corpus for LM adaptation (c4, hf:DATASET[:CONFIG], or a path).
@@ -143,7 +145,7 @@ def build_pipeline(profile: str | None = None, on_cluster: bool = True):
             registry_remote: DVC remote override (a directory or gs://); empty uses params.yaml.
             profile: params.yaml profile the steps read their remaining settings from.
         """
-        check = validate_data(task=task, data=data, data_root=data_root)
+        check = validate_data(task=task, data=data, data_root=data_root, reuse=reuse_validation)
         check.set_caching_options(False)  # `data` is a location whose content changes: always read it
         fingerprint, location = check.outputs["fingerprint"], check.outputs["location"]
         base = lm_adapt(base_model=model, steps=lm_adapt_steps, objective=lm_objective, corpus=lm_corpus,

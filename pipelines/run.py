@@ -31,7 +31,7 @@ LOCAL_ROOT = REPO / "runs" / "kfp"
 
 
 def arguments(task: str | None, profile: str | None, data: str | None, model: str | None,
-              params: list[str] | None) -> dict[str, Any]:
+              params: list[str] | None, caching: bool = True) -> dict[str, Any]:
     """Pipeline arguments from the command line; unset ones keep the pipeline's params.yaml defaults."""
     out: dict[str, Any] = {"task": task or load_params()["pipeline"]["task"]}
     if profile:
@@ -40,6 +40,8 @@ def arguments(task: str | None, profile: str | None, data: str | None, model: st
         out["data"] = data
     if model:
         out["model"] = model
+    if not caching:  # --no-cache: no reuse of any kind
+        out["reuse_validation"] = False
     for pair in params or []:
         key, _, value = pair.partition("=")
         is_json = (value != "" and value[0] in "[{0123456789-") or value in ("true", "false")  # KEY= is ""
@@ -235,7 +237,7 @@ def summarize_local(run_dir: Path, task: str, seconds: float,
         "validation": "passed" if validation.get("success") else "failed",
         "expectations": validation.get("statistics", {}).get("evaluated_expectations"),
         "data_fingerprint": data.get("fingerprint"), "data_location": data.get("location"),
-        "cached": sorted(cached),
+        "cached": sorted(cached) + (["validation (stored report)"] if validation.get("reused") else []),
         "main_metric": metrics.get("main_metric"), "score": metrics.get(metrics.get("main_metric", ""), None),
         "per_prompt": metrics.get("per_prompt"), "ensemble": metrics.get("ensemble"),
         "registered": (f"{registered} ({why})" if why else registered)
@@ -385,7 +387,11 @@ def run_command(task: Task = None, data: Data = None, model: Model = None, param
                     "--no-cache runs every step, even those whose inputs match a cached execution (CACHE=0)."))]
                 = True, profile: Profile = None, spec: Spec = DEFAULT_SPEC) -> None:
     """Run the pipeline: on KFP_HOST if set, else on this machine with kfp.local (and print a summary)."""
-    values = arguments(task, profile, data, model, param)
+    from softprompt.profile_choice import choose_profile
+
+    profile, why = choose_profile(profile, on_cluster=bool(os.environ.get("KFP_HOST")))
+    print(f"using {why}", file=sys.stderr)
+    values = arguments(task, profile, data, model, param, caching)
     if os.environ.get("KFP_HOST"):
         submit(values, profile, spec, caching)
     else:

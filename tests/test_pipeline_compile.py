@@ -37,6 +37,7 @@ def expected_defaults(profile: str) -> dict:
     pipe = p["pipeline"]
     return {
         "task": pipe["task"], "model": p["model"], "data": pipe["data"], "data_root": pipe["data_root"],
+        "reuse_validation": pipe["reuse_validation"],
         "lm_adapt_steps": pipe["lm_adapt_steps"],
         "lm_objective": p["lm_adapt"]["objective"], "lm_corpus": pipe["lm_corpus"],
         "lm_cache_root": pipe["lm_cache_root"], "prompt_length": p["prompt"]["length"], "init": p["prompt"]["init"],

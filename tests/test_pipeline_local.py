@@ -15,6 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from browser import assert_renders
 from conftest import REPO, rte_rows, write_jsonl
 from kfp.local import config as kfp_local_config
 from safetensors import safe_open
@@ -187,6 +188,7 @@ def test_evaluation_metrics_confusion_and_ensemble(smoke):
     assert logged["accuracy"] == metrics["accuracy"]
     assert [logged["prompt_0_score"], logged["prompt_1_score"]] == metrics["per_prompt"]
     assert logged["ensemble_accuracy"] == metrics["ensemble"]["accuracy"]
+    assert logged["non_label_share"] == sum(row[-1] for row in cm["matrix"]) / 32  # the <other> column
     ui_cm = artifact_meta(smoke.run_dir, "evaluate-prompts", "confusion")["confusionMatrix"]
     assert [a["displayName"] for a in ui_cm["annotationSpecs"]] == cm["labels"]
     assert [r["row"] for r in ui_cm["rows"]] == cm["matrix"]
@@ -196,6 +198,49 @@ def test_evaluation_metrics_confusion_and_ensemble(smoke):
     winner = smoke.run_dir / f"for-loop-1-iteration-{metrics['best_prompt']}" / "train-prompt" / "prompt"
     for name in ("adapter_model.safetensors", "adapter_config.json", "softprompt.json"):
         assert (best / name).read_bytes() == (winner / name).read_bytes(), name
+
+
+def test_each_step_leaves_a_page_that_renders_offline(smoke, tmp_path):
+    """The HTML artifacts the UI's viewer shows: self-contained, rendered by headless Chromium with no network."""
+    pages = {"validate-data": smoke.run_dir / "validate-data" / "report",
+             "train-prompt": smoke.run_dir / "for-loop-1-iteration-0" / "train-prompt" / "curves",
+             "evaluate-prompts": smoke.run_dir / "evaluate-prompts" / "report"}
+    for step, page in pages.items():
+        assert_renders(page, tmp_path / f"{step}.png")
+    skipped = (smoke.run_dir / "lm-adapt" / "curves").read_text()  # LM adaptation skipped: a line of text
+    assert skipped.startswith("<!DOCTYPE html>") and "lm_adapt_steps is 0: prompts are trained on tiny" in skipped
+    validation = json.loads((smoke.run_dir / "validate-data" / "validation" / "validation.json").read_text())
+    text = pages["validate-data"].read_text()
+    assert text.count("<tr><td>") >= validation["statistics"]["evaluated_expectations"]  # one row per expectation
+    assert (smoke.run_dir / "validate-data" / "validation" / "data_docs" / "index.html").is_file()  # the full site
+    report = pages["evaluate-prompts"].read_text()
+    assert "prompt 1" in report and "ensemble" in report and "Outputs that were not a label" in report
+    assert report.count("data:image/png;base64,") == 2  # the scores and the confusion matrix
+
+
+def test_train_step_metrics_curves_and_tensorboard_logs(smoke):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    iteration = smoke.run_dir / "for-loop-1-iteration-0"
+    meta = json.loads((iteration / "train-prompt" / "prompt" / "softprompt.json").read_text())
+    logged = artifact_meta(iteration, "train-prompt", "metrics")
+    losses = [row["loss"] for row in meta["loss_curve"]]
+    validation = meta["metrics"]["validation"]
+    assert logged == {"final_loss": losses[-1], "best_loss": min(losses), "best_step": meta["best_step"],
+                      "best_validation_score": validation["score"], "steps_per_second": meta["steps_per_second"],
+                      "trainable_parameters": 20 * 64}
+    assert [row["step"] for row in meta["validation_curve"]] == [15, 30]  # eval_every 15 of 30 steps
+    assert meta["best_step"] in (15, 30) and logged["steps_per_second"] > 0
+    curves = (iteration / "train-prompt" / "curves").read_text()
+    assert curves.count("data:image/png;base64,") == 2  # training loss, validation score
+
+    (logdir,) = (iteration / "train-prompt" / "prompt" / "runs").iterdir()  # one run: <time>_<host>
+    events = EventAccumulator(str(logdir))  # what `tensorboard --logdir` reads
+    events.Reload()
+    scalars = events.Tags()["scalars"]
+    assert {"train/loss", "eval/score"} <= set(scalars), scalars
+    assert [e.value for e in events.Scalars("train/loss")] == pytest.approx(losses, rel=1e-5)
+    assert [e.step for e in events.Scalars("eval/score")] == [15, 30]
 
 
 def test_registered_and_promoted_in_the_registry_repo(smoke):
@@ -244,7 +289,8 @@ def test_retraining_follows_the_data_content(smoke):
     rc, out, run_dir = run_pipeline(smoke.root, smoke.argv)
     assert rc == 0, out[-3000:]
     rows = table(out)
-    assert rows["cached"] == "evaluate-prompts, lm-adapt, train-prompt"
+    assert rows["cached"] == "evaluate-prompts, lm-adapt, train-prompt, validation (stored report)"
+    assert json.loads((run_dir / "validate-data" / "validation" / "validation.json").read_text())["reused"] is True
     assert {p.name for p in run_dir.iterdir()} == {"validate-data", "register-prompt"}  # only these ran
     assert rows["registered"].startswith("rte-prompt@v1.0.0 (nothing new registered: ")
     assert "is already registered as rte-prompt@v1.0.0" in rows["registered"]
@@ -302,3 +348,20 @@ def test_preflight_names_what_to_pass_without_the_hub(tmp_path):
     assert "DATA=" in proc.stderr and "MODEL=" in proc.stderr
     assert "google/t5-base-lm-adapt" in proc.stderr and "Traceback" not in proc.stderr
     assert "Pipeline" not in proc.stdout  # kfp.local never started
+
+
+def test_without_a_profile_this_machine_uses_local_and_says_why(tmp_path):
+    """No PROFILE, no KFP_HOST, no GPU: the local profile, named in one line, then the Hub preflight's error."""
+    env = {k: v for k, v in os.environ.items() if k not in ("KFP_HOST", "PROFILE", "HF_HUB_CACHE")}
+    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf-home"), CUDA_VISIBLE_DEVICES="")
+    data = tmp_path / "RTE"
+    write_jsonl(data / "train.jsonl", rte_rows(32))
+    proc = subprocess.run([sys.executable, "-m", "pipelines.run", "run", "--task", "rte", "--data", str(data)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines[0].startswith("using profile local (no profile given, no KFP_HOST and no GPU/TPU visible")
+    local_model = load_params("local")["model"]
+    assert lines[-1].startswith("error: the Hugging Face Hub cannot be reached; pass MODEL=")
+    assert local_model in lines[-1]
+    assert "DATA=" not in lines[-1]  # the data was given

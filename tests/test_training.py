@@ -28,6 +28,11 @@ def test_training_lowers_loss_and_leaves_base_weights_untouched(rte_dir, tmp_pat
     assert meta["steps_trained"] == 60 and meta["trainable_parameters"] == 8 * 64
     assert meta["metrics"]["validation"]["num_examples"] == 8
     assert set(meta["data"]["files"]) == {"train.jsonl", "val.jsonl"}
+    assert [row["step"] for row in meta["validation_curve"]] == [30, 60]  # every evaluation, for the curve
+    assert meta["validation_curve"][-1]["score"] == meta["validation_curve"][-1]["accuracy"]
+    assert meta["best_step"] in (30, 60) and meta["steps_per_second"] > 0
+    (logdir,) = (tmp_path / "p" / "runs").iterdir()  # the Trainer's TensorBoard run, moved into the output
+    assert any(f.name.startswith("events.out.tfevents.") for f in logdir.iterdir())
     base = load_base("tiny")
     model, _ = load_prompt(base, tmp_path / "p")
     after = base.model.state_dict()

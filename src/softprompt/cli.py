@@ -327,6 +327,26 @@ def registry_list(
                    f"{r['registered_at']}")
 
 
+@registry_app.command("show")
+def registry_show(
+    task: Annotated[str, typer.Argument(help="The task whose versions to show, e.g. rte.")],
+    plot: Annotated[Path | None, typer.Option(help="Also write the main score of each version as a chart "
+                                                   "(a .png file).")] = None,
+    repo: Repo = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON rows instead of a table.")] = False,
+) -> None:
+    """A task's versions over time: metrics, data version, run id, stage; `*` marks production."""
+    from softprompt import registry
+    from softprompt.registry import show
+
+    rows = registry.history(repo, task)
+    if plot is not None:
+        show.plot(rows, plot)
+    typer.echo(json.dumps(rows, indent=2) if as_json else show.table(rows))
+    if plot is not None:
+        typer.echo(f"wrote {plot}", err=True)
+
+
 @app.command()
 def validate(
     task: Task,

@@ -44,12 +44,17 @@ def replace_dir(src: Path, target: Path) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write `text` to `path` through a temporary file and a rename."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write `data` to `path` through a temporary file and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600
         os.replace(tmp, path)
     except BaseException:
@@ -89,3 +94,9 @@ def copy_dir(src: str | Path, dest: str | Path) -> Path:
     with atomic_dir(dest) as tmp:
         shutil.copytree(src, tmp, dirs_exist_ok=True)
     return Path(dest)
+
+
+def copy_logs(logs: Path | None, dest: Path) -> None:
+    """Copy a training run's TensorBoard directory (`runs/`) into an output being written, if there is one."""
+    if logs is not None and logs.is_dir():
+        shutil.copytree(logs, dest / logs.name, dirs_exist_ok=True)

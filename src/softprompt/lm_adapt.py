@@ -36,9 +36,9 @@ from softprompt import __version__
 from softprompt.config import LMAdaptConfig
 from softprompt.corpus import Corpus, document_segments, open_corpus, segments
 from softprompt.errors import SoftpromptError
-from softprompt.io import atomic_dir, copy_dir, write_json
+from softprompt.io import atomic_dir, copy_dir, copy_logs, write_json
 from softprompt.models import Base, load_base, sentinel_id
-from softprompt.training import adafactor, training_arguments
+from softprompt.training import TENSORBOARD_DIR, adafactor, close_tensorboard, training_arguments
 
 log = logging.getLogger(__name__)
 
@@ -329,7 +329,7 @@ def lm_adapt(
     meta = {"key": key, **meta, "corpus": {"spec": corpus_spec, **corpus.identity()},
             "validation_corpus": validation_corpus, "mixture": mixture.identity() if mixture else None}
     if trainer.is_world_process_zero():  # one writer under multi-GPU
-        _save(trainer.model, base.tokenizer, meta, store)
+        _save(trainer.model, base.tokenizer, meta, store, ckpt / TENSORBOARD_DIR)
         if store != target:
             copy_dir(store, target)
     if not keep_checkpoints:
@@ -381,6 +381,7 @@ def _train(base: Base, corpus: Corpus, val_corpus: Corpus | None, cfg: LMAdaptCo
     trainer.train(resume_from_checkpoint=last)
     seconds = time.time() - started
     after = trainer.evaluate()["eval_loss"]
+    close_tensorboard(trainer)
     tokens = trainer.total_tokens()
     history = trainer.state.log_history
     return trainer, {
@@ -404,9 +405,20 @@ def _train(base: Base, corpus: Corpus, val_corpus: Corpus | None, cfg: LMAdaptCo
     }
 
 
-def _save(model: Any, tokenizer: PreTrainedTokenizerBase, meta: dict[str, Any], output: Path) -> None:
-    """The checkpoint (weights, config, tokenizer) and its metrics, in one atomic rename."""
+def _save(model: Any, tokenizer: PreTrainedTokenizerBase, meta: dict[str, Any], output: Path,
+          logs: Path | None = None) -> None:
+    """The checkpoint (weights, config, tokenizer), its metrics and TensorBoard logs, in one atomic rename."""
     with atomic_dir(output) as tmp:
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
         write_json(tmp / METRICS_FILE, meta)
+        copy_logs(logs, tmp)
+
+
+def lm_adapt_summary(meta: dict[str, Any]) -> dict[str, Any]:
+    """The lm-adapt step's Metrics: validation loss before and after, final training loss, speed."""
+    losses = [row["loss"] for row in meta.get("loss_curve") or []]
+    return {"validation_loss_before": meta.get("validation_loss_before"),
+            "validation_loss_after": meta.get("validation_loss_after"),
+            "final_loss": losses[-1] if losses else None, "steps": meta.get("steps_trained"),
+            "tokens_per_second": meta.get("tokens_per_second")}

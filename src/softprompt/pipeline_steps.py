@@ -96,20 +96,45 @@ def publish(staged: Path, location: str) -> bool:
     return True
 
 
-def validate_step(task: str, data: str, data_root: str, report: str | Path, workdir: str | Path) -> dict[str, Any]:
+def validate_step(task: str, data: str, data_root: str, report: str | Path, workdir: str | Path,
+                  reuse: bool = True) -> dict[str, Any]:
     """Validate the task's data and store it by content: DATA_ROOT/<task>/<fingerprint>. Returns the report
-    with `fingerprint` (see data_fingerprint), `location` and `files` ({name: md5}); raises on bad data."""
-    from softprompt.validation import summary, validate
+    with `fingerprint` (see data_fingerprint), `location`, `files` ({name: md5}) and `reused`; raises on bad data.
 
+    With `reuse`, a local DATA_ROOT keeps each passed report beside the data it describes
+    (<location>/reports/<suite key>/): the same bytes validated by the same suite, thresholds and code give the
+    same result, so a rerun copies it instead of running Great Expectations again.
+    """
+    from softprompt.tasks import get_task
+    from softprompt.validation import RESULT_FILE, ValidateConfig, split_files, suite_key, summary, validate
+
+    source, definition = local_data(task, data, workdir), get_task(task)
+    stored = stored_report(data_root, task, split_files(definition, source), suite_key(definition, ValidateConfig()))
+    if reuse and stored is not None and (stored / RESULT_FILE).is_file():
+        copy_dir(stored, report)
+        result = {**json.loads((Path(report) / RESULT_FILE).read_text(encoding="utf-8")), "reused": True}
+        write_json(Path(report) / RESULT_FILE, result)
+        return result
     staged = Path(workdir) / "validated"
-    result = validate(task, local_data(task, data, workdir), report, output=staged)
+    result = validate(task, source, report, output=staged)
     if not result["success"]:
         raise SoftpromptError(f"data validation failed for {task}:\n{summary(result)}")
     files = manifest_files(staged)
     fingerprint = data_fingerprint(files)
     location = content_location(data_root, task, fingerprint)
     written = publish(staged, location)
-    return {**result, "fingerprint": fingerprint, "location": location, "files": files, "written": written}
+    result = {**result, "fingerprint": fingerprint, "location": location, "files": files, "written": written,
+              "reused": False}
+    write_json(Path(report) / RESULT_FILE, result)
+    if stored is not None:
+        copy_dir(report, stored)
+    return result
+
+
+def stored_report(data_root: str, task: str, files: dict[str, str], key: str) -> Path | None:
+    """Where the report of this content under this suite is kept: a local DATA_ROOT only (None for gs://)."""
+    location = content_location(data_root, task, data_fingerprint(files))
+    return None if location.startswith("gs://") else Path(location) / "reports" / key
 
 
 def fetch_validated(location: str, fingerprint: str, workdir: str | Path) -> Path:
@@ -232,3 +257,79 @@ def code_version() -> str:
     if commit:
         return f"softprompt {__version__} @ {commit}"
     return f"softprompt {__version__} ({os.environ.get('SOFTPROMPT_IMAGE', 'installed package')})"
+
+
+# ---------------------------------------------------------------- what the Kubeflow UI shows of each step
+
+
+def log_metrics(artifact: Any, values: dict[str, Any]) -> None:
+    """Log the numeric `values` on a KFP Metrics artifact, and write its metadata to the artifact's file too: the
+    UI reads the metadata, kfp.local's cache counts an output artifact without a file as missing."""
+    for key, value in values.items():
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            artifact.log_metric(key, value)
+    write_json(artifact.path, artifact.metadata)
+
+
+def write_artifact_file(artifact: Any) -> None:
+    """An artifact that lives in metadata only (ClassificationMetrics) gets its file, for kfp.local's cache."""
+    write_json(artifact.path, artifact.metadata)
+
+
+def lm_adapt_reports(model_dir: str | Path, page: str | Path) -> dict[str, Any]:
+    """The lm-adapt step's HTML page (loss curves, validation loss before/after) and its Metrics values; with
+    LM adaptation skipped, a page that says so and no values."""
+    from softprompt import report
+
+    ref = Path(model_dir) / MODEL_REF
+    if ref.is_file():  # checked first: skipping needs no torch import (softprompt.lm_adapt)
+        base = json.loads(ref.read_text(encoding="utf-8"))["model"]
+        report.write_page(page, report.page("LM adaptation skipped", [report.paragraph(
+            f"lm_adapt_steps is 0: prompts are trained on {base} as it is.")]))
+        return {}
+    from softprompt.lm_adapt import METRICS_FILE, lm_adapt_summary
+
+    meta = json.loads((Path(model_dir) / METRICS_FILE).read_text(encoding="utf-8"))
+    summary = lm_adapt_summary(meta)
+    report.write_page(page, report.lm_adapt_page(meta, summary))
+    return summary
+
+
+def train_reports(prompt_dir: str | Path, page: str | Path) -> dict[str, Any]:
+    """The train step's HTML page (training loss and validation score over steps) and its Metrics values."""
+    from softprompt.prompt import read_meta
+    from softprompt.report import training_page, write_page
+    from softprompt.training import training_summary
+
+    meta = read_meta(prompt_dir)
+    summary = training_summary(meta)
+    write_page(page, training_page(meta, summary))
+    return summary
+
+
+def evaluation_reports(evaluation_dir: str | Path, page: str | Path) -> dict[str, Any]:
+    """The evaluation report (per-prompt scores beside the ensemble, confusion matrix, share of non-label
+    outputs, twenty wrong predictions of the best prompt) from evaluate_step's output; returns the metrics."""
+    from softprompt.evaluation import predictions_path
+    from softprompt.report import evaluation_page, write_page, wrong_predictions
+
+    evaluation_dir = Path(evaluation_dir)
+    result = json.loads((evaluation_dir / "metrics.json").read_text(encoding="utf-8"))
+    with predictions_path(evaluation_dir / f"prompt-{result['best_prompt']}.json").open(encoding="utf-8") as f:
+        wrong = wrong_predictions(json.loads(line) for line in f)
+    write_page(page, evaluation_page(result, wrong))
+    return result
+
+
+def validation_reports(report_dir: str | Path, page: str | Path) -> dict[str, Any] | None:
+    """The validation page (every expectation, its result, sample offending rows) from validation.json, if the
+    validation got as far as writing it; returns the report."""
+    from softprompt.report import validation_page, write_page
+    from softprompt.validation import RESULT_FILE
+
+    result_file = Path(report_dir) / RESULT_FILE
+    if not result_file.is_file():
+        return None
+    result = json.loads(result_file.read_text(encoding="utf-8"))
+    write_page(page, validation_page(result))
+    return result

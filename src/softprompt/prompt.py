@@ -18,7 +18,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from softprompt.config import PromptConfig
 from softprompt.errors import SoftpromptError
-from softprompt.io import atomic_dir, write_json
+from softprompt.io import atomic_dir, copy_logs, write_json
 from softprompt.models import Base
 
 META_FILE = "softprompt.json"
@@ -105,11 +105,12 @@ def prompt_vectors(peft_model: PeftModel) -> torch.Tensor:
     return prompt_embedding(peft_model).weight.detach().clone()
 
 
-def save_prompt(peft_model: PeftModel, output: str | Path, meta: dict[str, Any]) -> Path:
-    """Atomically write the PEFT adapter plus softprompt.json to `output`."""
+def save_prompt(peft_model: PeftModel, output: str | Path, meta: dict[str, Any], logs: Path | None = None) -> Path:
+    """Atomically write the PEFT adapter plus softprompt.json (and the TensorBoard `logs`) to `output`."""
     with atomic_dir(output) as tmp:
         peft_model.save_pretrained(str(tmp))
         write_json(tmp / META_FILE, meta)
+        copy_logs(logs, tmp)
     return Path(output)
 
 

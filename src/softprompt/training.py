@@ -27,7 +27,7 @@ from softprompt import __version__
 from softprompt.config import EvalConfig, PromptConfig, TrainConfig
 from softprompt.errors import SoftpromptError
 from softprompt.evaluation import Encoding, evaluate_examples
-from softprompt.io import atomic_dir, file_md5, write_json
+from softprompt.io import atomic_dir, copy_logs, file_md5, write_json
 from softprompt.models import Base, load_base, trainable_parameters
 from softprompt.optim import T5XAdafactor
 from softprompt.prompt import META_FILE, attach_prompt, save_prompt
@@ -37,6 +37,7 @@ from softprompt.tasks.loading import find_split_file
 
 log = logging.getLogger(__name__)
 RUN_FILE = "run.json"  # in each run's checkpoint directory: the identity that run was keyed by
+TENSORBOARD_DIR = "runs"  # TensorBoard event files: in the checkpoint directory while training, then in the output
 
 
 class ExampleDataset(torch.utils.data.Dataset):
@@ -138,7 +139,8 @@ def training_arguments(cfg: TrainConfig, checkpoint_dir: Path, has_eval: bool, m
         seed=cfg.seed,
         data_seed=cfg.seed,
         bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
-        report_to=[],
+        # TensorBoard event files, in OUTPUT_DIR/runs/<time>_<host>/ (the Trainer's default), copied into the output
+        report_to=["tensorboard"],
         disable_tqdm=not progress,
         remove_unused_columns=False,
         dataloader_num_workers=0,
@@ -222,7 +224,9 @@ def train(
         log.info("resuming from %s", last)
     started = time.time()
     trainer.train(resume_from_checkpoint=last)
+    seconds = time.time() - started
     metrics = final_metrics(trainer, score_fn) if val_examples else {}
+    close_tensorboard(trainer)
 
     meta = {
         "softprompt_version": __version__,
@@ -239,14 +243,18 @@ def train(
         "best_checkpoint": trainer.state.best_model_checkpoint,
         "data": data_version(task, data_dir),
         "metrics": {"validation": metrics},
-        "train_seconds": round(time.time() - started, 2),
+        "train_seconds": round(seconds, 2),
+        "steps_per_second": round(trainer.state.global_step / seconds, 3) if seconds > 0 else None,
         "loss_curve": [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h],
+        "validation_curve": validation_curve(trainer),
+        "best_step": best_step(trainer),
         **(extra_meta or {}),
     }
+    logs = checkpoint_dir / TENSORBOARD_DIR
     if cfg.method == "prompt":
-        save_prompt(trainer.model, output, meta)
+        save_prompt(trainer.model, output, meta, logs)
     else:
-        save_full_model(trainer.model, base, output, meta)
+        save_full_model(trainer.model, base, output, meta, logs)
     if not keep_checkpoints:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
         with contextlib.suppress(OSError):
@@ -305,21 +313,57 @@ def identity_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
     return ", ".join(changed) or "a different run key"
 
 
+def best_step(trainer: Trainer) -> int:
+    """The step whose weights training ends with: the best checkpoint's, or the last step without one."""
+    best = trainer.state.best_model_checkpoint
+    return int(best.rsplit("-", 1)[1]) if best else trainer.state.global_step
+
+
 def final_metrics(trainer: ScoringTrainer, score_fn: Any) -> dict[str, Any]:
     """The validation result of the weights training ends with: the best checkpoint's, which the Trainer has
     loaded back and already scored at that step (not scored a second time: a generate pass over the whole
     validation split), or a fresh score when no evaluation matches (e.g. a resumed run)."""
-    best = trainer.state.best_model_checkpoint
-    step = int(best.rsplit("-", 1)[1]) if best else trainer.state.global_step
-    return trainer.results_by_step.get(step) or score_fn(trainer.model)
+    return trainer.results_by_step.get(best_step(trainer)) or score_fn(trainer.model)
 
 
-def save_full_model(model: Any, base: Base, output: Path, meta: dict[str, Any]) -> None:
+def validation_curve(trainer: Trainer) -> list[dict[str, Any]]:
+    """The validation score at every evaluation (from the Trainer's log history, so a resumed run has the
+    evaluations before the interruption too): [{"step": 15, "score": 50.0, "accuracy": 50.0}, ...]."""
+    prefix = "eval_"
+    return [{"step": h["step"], **{k.removeprefix(prefix): v for k, v in h.items() if k.startswith(prefix)
+                                   and not k.endswith(("_runtime", "_per_second"))}}
+            for h in trainer.state.log_history if f"{prefix}{SCORE}" in h]
+
+
+def close_tensorboard(trainer: Trainer) -> None:
+    """Flush and close the Trainer's TensorBoard writer, so the event files are complete before they are copied
+    into the output (an evaluation after training would otherwise reopen a writer that is never flushed)."""
+    from transformers.integrations import TensorBoardCallback
+
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, TensorBoardCallback) and callback.tb_writer is not None:
+            callback.tb_writer.close()
+            callback.tb_writer = None
+
+
+def training_summary(meta: dict[str, Any]) -> dict[str, Any]:
+    """The train step's Metrics: final and best training loss, best step and validation score, speed, size."""
+    losses = [row["loss"] for row in meta.get("loss_curve") or []]
+    validation = (meta.get("metrics") or {}).get("validation") or {}
+    main = validation.get("main_metric", SCORE)
+    return {"final_loss": losses[-1] if losses else None, "best_loss": min(losses) if losses else None,
+            "best_step": meta.get("best_step"), f"best_validation_{main}": validation.get(main),
+            "steps_per_second": meta.get("steps_per_second"),
+            "trainable_parameters": meta.get("trainable_parameters")}
+
+
+def save_full_model(model: Any, base: Base, output: Path, meta: dict[str, Any], logs: Path | None = None) -> None:
     """A tuned model as a normal transformers checkpoint (usable as --model), with softprompt.json."""
     with atomic_dir(output) as tmp:
         model.save_pretrained(str(tmp))
         base.tokenizer.save_pretrained(str(tmp))
         write_json(tmp / META_FILE, meta)
+        copy_logs(logs, tmp)
 
 
 def final_loss_drop(meta: dict[str, Any]) -> float:

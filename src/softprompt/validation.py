@@ -14,6 +14,7 @@ functions: it takes seconds to import and the other commands must not pay for it
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import hashlib
@@ -481,6 +482,23 @@ def validate(task: str | Task, data_dir: str | Path, report_dir: str | Path, cfg
     return report
 
 
+def split_files(task: Task, data_dir: str | Path) -> dict[str, str]:
+    """{file name: md5} of the split files `validate` reads by default (train, validation, test if present):
+    what its manifest records when every expectation passes, computed without reading a row."""
+    files = {}
+    for split, _ in _splits_to_check(task, None):
+        with contextlib.suppress(SoftpromptError):  # absent: validation would name it (or skip optional test)
+            path = find_split_file(task, data_dir, split)
+            files[path.name] = file_md5(path)
+    return files
+
+
+def suite_key(task: Task, cfg: ValidateConfig) -> str:
+    """What decides a validation result besides the data: the task, the thresholds and this module's code."""
+    code = file_md5(Path(__file__))
+    return hashlib.md5(json.dumps([task.name, asdict(cfg), code], sort_keys=True).encode()).hexdigest()[:16]
+
+
 def _check_replaceable(path: Path, marker: str, option: str) -> None:
     """Refuse to replace a non-empty directory this command did not write (e.g. `--report .`)."""
     if path.is_file() or (path.is_dir() and any(path.iterdir()) and not (path / marker).is_file()):
@@ -579,14 +597,15 @@ def _describe(c: dict[str, Any], limit: int) -> str:
     if c["check"] == "class_share":
         return f"{name}: {c['description']}, observed {c.get('observed_share', 0):.1%}"
     if "unexpected_count" in c:
-        shown = ", ".join(_show(e) for e in c.get("examples", [])[:limit])
+        shown = ", ".join(show_example(e) for e in c.get("examples", [])[:limit])
         return f"{name}: {c['unexpected_count']} of {c.get('element_count')} rows fail ({c['description']}); " \
                f"e.g. {shown}"
     observed = c.get("details") or c.get("observed_value")
     return f"{name}: {c['description']}; observed {json.dumps(observed, default=str)}"
 
 
-def _show(example: dict[str, Any]) -> str:
+def show_example(example: dict[str, Any]) -> str:
+    """`line 4 idx 3 "maybe"`: one offending row as the summary and the validation page show it."""
     parts = [f"line {example.get('line')}"]
     if "id" in example:
         parts.append(f"idx {json.dumps(example['id'], default=str)}")

@@ -97,6 +97,18 @@ def versions(repo: Path, task: str | None = None, stage: str | None = None) -> l
     return sorted(found, key=lambda v: (v.task, v.number))
 
 
+def history(repo: str | Path | None, task: str, stage: str | None = None) -> list[dict[str, Any]]:
+    """`registry show`: one row per version of `task`, oldest first; raises when the task has none."""
+    from softprompt.registry import show
+
+    root = repo_root(repo)
+    found = versions(root, check_task(task), stage)
+    if not found:
+        raise SoftpromptError(f"{task}: no versions registered in {root}; register one with `softprompt registry "
+                              "register` or `make pipeline-run`, or pass --repo with the registry's clone")
+    return show.rows(found, _stage(stage))
+
+
 def production_numbers(repo: Path, stage: str | None = None) -> dict[str, int]:
     """task -> version number in `stage` (default: registry.stage, production)."""
     return stage_numbers(gitrepo.tags(repo), _stage(stage))

@@ -78,7 +78,10 @@ def lineage(repo: Path, task: str, number: int, meta: dict[str, Any], metrics: t
 
 def dvc_meta(record: dict[str, Any]) -> dict[str, Any]:
     """The summary of a lineage record that goes into the version's .dvc file."""
-    return {**{k: record[k] for k in DVC_META_KEYS}, "data_fingerprint": record["data"].get("fingerprint")}
+    return {**{k: record[k] for k in DVC_META_KEYS}, "data_fingerprint": record["data"].get("fingerprint"),
+            "data_files": record["data"].get("files"),  # `registry show`: the data version
+            "metrics": {k: v for k, v in record["metrics"].items()  # `registry show`: the scores
+                        if isinstance(v, float)}}  # (counts and settings are ints)
 
 
 def copy_prompt(src: Path, dest: Path, record: dict[str, Any]) -> None:
