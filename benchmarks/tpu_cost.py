@@ -5,8 +5,8 @@ machine. A step's FLOPs are counted from T5 1.1 base's shapes (google/t5-base-lm
 the recipe in params.yaml (batch, source and target lengths, prompt length); prompt tuning runs the forward
 pass and the activation gradients (the frozen weights get no gradients), about 2x the forward FLOPs. The time
 is those FLOPs over the accelerator's published bf16 peak at an assumed model-FLOPs utilisation (MFU). The
-prices are the published on-demand list prices (us-central1) for the node pools' machine types; check them
-against the pricing pages before budgeting.
+prices are the published on-demand list prices (us-central1) for the node pools' machine types as last known;
+this machine cannot reach the pricing pages, so check them there before budgeting.
 
     python benchmarks/tpu_cost.py     # -> benchmarks/results/tpu_cost.{json,md}
 """
