@@ -108,7 +108,8 @@ class TrainConfig:
 
     method: str = _help("prompt: train only the soft prompt; model: tune every weight (baseline).", _T["method"])
     steps: int = _help("Number of optimizer steps.", _T["steps"])
-    batch_size: int = _help("Examples per optimizer step (per device times accumulation).", _T["batch_size"])
+    batch_size: int = _help("Examples per optimizer step (per device times accumulation; split over the chips "
+                            "on a TPU host).", _T["batch_size"])
     # The optimizer (Adafactor with T5X's semantics, softprompt.optim): None takes the method's recipe from
     # params.yaml `train.optimizer.<method>`.
     lr: float | None = _help("Learning rate (default: the method's recipe in params.yaml).", None)

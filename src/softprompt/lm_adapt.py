@@ -71,7 +71,8 @@ class LMAdaptConfig:
 
     objective: str = _opt("prefix-lm (LM adaptation) or span-corruption (T5 pretraining).", _L.get("objective"))
     steps: int = _opt("Optimizer steps (paper: 100K).", _L.get("steps"))
-    batch_size: int = _opt("Sequences per optimizer step (per device times accumulation).", _L.get("batch_size"))
+    batch_size: int = _opt("Sequences per optimizer step (per device times accumulation; split over the chips "
+                           "on a TPU host).", _L.get("batch_size"))
     grad_accumulation: int = _opt("Gradient accumulation steps.", _L.get("grad_accumulation"))
     lr: float = _opt("Adafactor learning rate (constant after warmup).", _L.get("lr"))
     warmup_steps: int = _opt("Linear warmup steps (0: none).", _L.get("warmup_steps"))
