@@ -54,23 +54,38 @@ pipeline-schedule:  ## weekly (CRON=) retraining of TASK on KFP_HOST, always on 
 	$(BIN)/python -m pipelines.run schedule $(PIPELINE_ARGS) --cron '$(CRON)'
 
 # ---- the component image and the cluster (infra/README.md) ----
-# Name and tag come from params.yaml (cluster.image:cluster.image_tag), the setting the pipeline's
-# base_image reads, so the compiled spec and the pushed image cannot drift. VARIANT=cuda (default) is the
-# image the cluster's steps run in; VARIANT=cpu builds a smaller IMAGE:TAG-cpu (no CUDA) for CPU-only use.
+# Name, tag and variants come from params.yaml (cluster.image:cluster.image_tag, cluster.images), the settings
+# the pipeline's images are read from, so the compiled spec and the pushed images cannot drift. VARIANT=cuda
+# (default) is the components' image (CPU and GPU steps); VARIANT=tpu the TPU steps' IMAGE:TAG-tpu (torch-xla,
+# libtpu, PJRT_DEVICE=TPU); VARIANT=cpu a smaller IMAGE:TAG-cpu (no CUDA) for CPU-only use.
 VARIANT ?= cuda
-CUDA_TORCH ?= cu128
-IMAGE = $(shell $(BIN)/python -m softprompt.cluster image)
-IMAGE_REF = $(IMAGE)$(if $(filter cpu,$(VARIANT)),-cpu)
-TORCH_VARIANT = $(if $(filter cpu,$(VARIANT)),cpu,$(CUDA_TORCH))
+IMAGE = $(shell $(BIN)/python -m softprompt.cluster image --variant $(VARIANT))
+BUILD_ARGS = $(shell $(BIN)/python -m softprompt.cluster build-args --variant $(VARIANT))
 
-.PHONY: image image-push infra-tfvars
+.PHONY: image image-push infra-tfvars test-xla
 
-image:  ## build the component image params.yaml names (VARIANT=cuda|cpu; needs a Docker engine)
-	@test -n "$(IMAGE)" || { echo "cannot read cluster.image from params.yaml: run make setup first" >&2; exit 1; }
-	docker build -f infra/docker/Dockerfile --build-arg TORCH_VARIANT=$(TORCH_VARIANT) -t $(IMAGE_REF) .
+image:  ## build an image variant params.yaml names (VARIANT=cuda|cpu|tpu; needs a Docker engine)
+	@test -n "$(IMAGE)" || { echo "cannot read cluster.images.$(VARIANT) from params.yaml: run make setup, and pick a VARIANT it names" >&2; exit 1; }
+	docker build -f infra/docker/Dockerfile $(BUILD_ARGS) -t $(IMAGE) .
 
 image-push: image  ## build and push it (once: gcloud auth configure-docker REGION-docker.pkg.dev)
-	docker push $(IMAGE_REF)
+	docker push $(IMAGE)
 
 infra-tfvars:  ## regenerate infra/terraform/node_pools.auto.tfvars.json from params.yaml cluster:
 	$(BIN)/python -m softprompt.cluster tfvars > infra/terraform/node_pools.auto.tfvars.json
+
+# ---- the TPU path, checked on XLA's CPU device (infra/README.md "The TPU image") ----
+# A venv of its own with the TPU image's pins: requirements.lock merged with requirements-xla.txt (torch and
+# torch-xla 2.9.0). PyPI serves the CUDA build of torch, so the first run downloads several GB; not in `make test`.
+VENV_XLA ?= .venv-xla
+
+$(VENV_XLA)/.installed: requirements.lock requirements-xla.txt infra/docker/merge_lock.py pyproject.toml
+	$(PYTHON) -m venv $(VENV_XLA)
+	$(PYTHON) infra/docker/merge_lock.py requirements.lock requirements-xla.txt > $(VENV_XLA)/requirements.lock
+	$(VENV_XLA)/bin/pip install --quiet --upgrade pip
+	$(VENV_XLA)/bin/pip install --quiet -r $(VENV_XLA)/requirements.lock
+	$(VENV_XLA)/bin/pip install --quiet --no-deps -e .
+	touch $@
+
+test-xla: $(VENV_XLA)/.installed  ## train a prompt and LM-adapt `tiny` on XLA (PJRT_DEVICE=CPU); the prompt then evaluates in .venv
+	PJRT_DEVICE=CPU SOFTPROMPT_MAIN_PYTHON=$(CURDIR)/$(BIN)/python $(VENV_XLA)/bin/pytest tests/xla -v -s

@@ -32,6 +32,7 @@ from components.lm_adapt import lm_adapt
 from components.register import register_prompt
 from components.train import train_prompt
 from components.validate import validate_data
+from softprompt.cluster import accelerator_request
 from softprompt.config import load_params
 
 PIPELINE_NAME = "softprompt-prompt-tuning"
@@ -42,21 +43,21 @@ def seeds_for(num_prompts: int, seed: int) -> list[int]:
     return [seed + i for i in range(num_prompts)]
 
 
-def use_accelerator(task: dsl.PipelineTask, cluster: dict[str, Any]) -> None:
-    """Land a step on the configured accelerator pool: resource request, node selector, toleration, retries."""
+def use_accelerator(task: dsl.PipelineTask, cluster: dict[str, Any], params: dict[str, Any]) -> None:
+    """Land a step on the configured accelerator pool: its image (the TPU image on TPU pools), resource request,
+    node selector, toleration, retries."""
     name = cluster.get("accelerator") or "none"
     if name == "none":
         return
-    if name not in cluster["accelerators"]:
-        raise ValueError(f"cluster.accelerator {name!r} is not one of {', '.join(cluster['accelerators'])}")
-    spec = cluster["accelerators"][name]
-    task.set_accelerator_type(spec["resource"])
-    task.set_accelerator_limit(int(cluster["accelerator_count"]))
-    for key, value in spec["node_selector"].items():
+    pool = accelerator_request(name, params)
+    task.set_container_image(pool["image"])
+    task.set_accelerator_type(pool["resource"])
+    task.set_accelerator_limit(pool["count"])
+    for key, value in pool["node_selector"].items():
         kubernetes.add_node_selector(task, label_key=key, label_value=value)
-    taint = spec["taint"]
+    taint = pool["taint"]
     kubernetes.add_toleration(task, key=taint["key"], operator="Equal", value=taint["value"], effect=taint["effect"])
-    task.set_retry(num_retries=3, backoff_duration="120s", backoff_factor=2.0)  # preemptible (spot) GPU nodes
+    task.set_retry(num_retries=3, backoff_duration="120s", backoff_factor=2.0)  # preemptible (spot) nodes
 
 
 def use_cpu_pool(task: dsl.PipelineTask, cluster: dict[str, Any]) -> None:
@@ -164,7 +165,7 @@ def build_pipeline(profile: str | None = None, on_cluster: bool = True):
         registered.set_caching_options(False)  # it changes the registry: never replay it from cache
         if on_cluster:
             for step in (base, trained, scored):
-                use_accelerator(step, cluster)
+                use_accelerator(step, cluster, params)
                 request(step, cluster, "heavy")
             for step in (check, registered):
                 use_cpu_pool(step, cluster)

@@ -3,6 +3,7 @@ and the Kubernetes manifests validate. No Docker engine, Terraform providers, cl
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shutil
@@ -26,6 +27,16 @@ TF = INFRA / "terraform"
 KF = INFRA / "kubeflow"
 DOCKERFILE = INFRA / "docker" / "Dockerfile"
 K8S_VERSION = "1.32.0"  # the GKE REGULAR channel's minor at the time of writing; the schemas are bundled
+
+
+def _load(path: Path) -> Any:
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+merge_lock = _load(INFRA / "docker" / "merge_lock.py")  # a script the image's build stage runs, not a package
 
 
 # ---- Terraform, as python-hcl2 parses it -------------------------------------------------------------------
@@ -177,9 +188,54 @@ def test_accelerator_steps_land_on_their_node_pool(tf, tfvars, tmp_path, monkeyp
             assert {"key": taint["key"], "operator": "Equal", "value": taint["value"], "effect": effect} in k8s[
                 "tolerations"], f"{step} does not tolerate {pool['name']}'s taint {taint}"
         container = spec["deploymentSpec"]["executors"][step]["container"]
-        assert container["image"] == component_image()
+        assert container["image"] == cluster.accelerator_request(accelerator)["image"]
         assert container["resources"]["accelerator"]["resourceType"] == pool["resource"]
         assert int(container["resources"]["accelerator"]["resourceCount"]) <= pool["per_node"]
+
+
+def _make_image(variant: str) -> str:
+    return subprocess.run(["make", "-n", "image", f"VARIANT={variant}"], cwd=ROOT, capture_output=True, text=True,
+                          check=True).stdout
+
+
+def test_tpu_steps_run_the_tpu_image_on_every_chip_of_the_terraform_pool(tf, tfvars, tmp_path, monkeypatch):
+    """Compiled with cluster.accelerator=tpu-v5-lite-podslice, each accelerator step asks for the image `make
+    image VARIANT=tpu` builds, the TPU resource (all the chips of a node of the Terraform pool), that pool's
+    accelerator and topology labels, and a toleration of its taint."""
+    name = "tpu-v5-lite-podslice"
+    spec, executors = _compiled(tmp_path, monkeypatch, name)
+    pool = pool_nodes(tf, tfvars, name)
+    built = re.search(r" -t (\S+) ", _make_image("tpu")).group(1)
+    assert built == component_image() + "-tpu"
+    chips = cluster.topology_chips(pool["labels"][cluster.TPU_TOPOLOGY_LABEL])
+    assert chips == pool["per_node"] == 4  # a 2x2 v5e host: GKE schedules a TPU pod only if it asks for all 4
+    for step in ("exec-lm-adapt", "exec-train-prompt", "exec-evaluate-prompts"):
+        container = spec["deploymentSpec"]["executors"][step]["container"]
+        assert container["image"] == built, step
+        accelerator = container["resources"]["accelerator"]
+        assert (accelerator["resourceType"], accelerator["resourceCount"]) == ("google.com/tpu", "4"), step
+        assert pool["resource"] == "google.com/tpu"
+        selector = executors[step]["nodeSelector"]["labels"]
+        assert selector == {cluster.TPU_LABEL: "tpu-v5-lite-podslice", cluster.TPU_TOPOLOGY_LABEL: "2x2"}, step
+        assert selector.items() <= pool["labels"].items(), (step, pool["labels"])
+        (taint,) = pool["taints"]
+        assert executors[step]["tolerations"] == [{"key": taint["key"], "operator": "Equal", "value": taint["value"],
+                                                   "effect": "NoSchedule"}], step
+        assert taint == {"key": "google.com/tpu", "value": "present", "effect": "NO_SCHEDULE"}
+    for step in ("exec-validate-data", "exec-register-prompt"):  # CPU steps keep the components' image
+        assert spec["deploymentSpec"]["executors"][step]["container"]["image"] == component_image()
+
+
+def test_a_tpu_step_is_one_host(monkeypatch):
+    params = load_params()
+    tpu = params["cluster"]["accelerators"]["tpu-v5-lite-podslice"]
+    tpu["node_selector"][cluster.TPU_TOPOLOGY_LABEL] = "4x4"
+    with pytest.raises(Exception, match="16-chip slice spans hosts, and a pipeline step is one pod"):
+        cluster.accelerator_request("tpu-v5-lite-podslice", params)
+    tpu["image"] = "rocm"
+    tpu["node_selector"][cluster.TPU_TOPOLOGY_LABEL] = "2x2"
+    with pytest.raises(Exception, match="image variant 'rocm': params.yaml cluster.images has cuda, cpu, tpu"):
+        cluster.accelerator_request("tpu-v5-lite-podslice", params)
 
 
 def test_light_steps_land_on_the_cpu_pool_and_gpu_pools_repel_them(tf, tfvars, tmp_path, monkeypatch):
@@ -323,23 +379,55 @@ def test_dockerfile_installs_exactly_the_lock_and_the_project(dockerfile):
     assert any(re.fullmatch(r"setuptools==[\d.]+", line) for line in lock), "requirements.lock must pin setuptools"
     copies = [i["value"].split() for i in dockerfile.structure
               if i["instruction"] == "COPY" and "--from" not in i["value"]]
-    assert ["requirements.lock", "./"] in copies
+    assert any("requirements.lock" in c[:-1] and c[-1] == "./" for c in copies), copies
 
 
-@pytest.mark.parametrize("variant", ["cpu", "cu128"])
-def test_dockerfile_changes_only_the_torch_line_of_the_lock(dockerfile, tmp_path, variant):
-    run = next(i["value"] for i in dockerfile.structure if i["instruction"] == "RUN" and "sed" in i["value"])
-    sed = next(cmd.strip() for cmd in run.split("&&") if cmd.strip().startswith("sed"))
-    lock = tmp_path / "requirements.lock"
-    shutil.copy(ROOT / "requirements.lock", lock)
-    subprocess.run(["bash", "-c", sed], cwd=tmp_path, env={"TORCH_VARIANT": variant, "PATH": "/usr/bin:/bin"},
-                   check=True)
+def _locked(dockerfile: DockerfileParser, tmp_path: Path, build_args: list[str]) -> list[str]:
+    """requirements.lock after the build stage's RUNs that rewrite it, with these `--build-arg`s."""
+    env = {"PATH": "/usr/bin:/bin", **dict(a.split("=", 1) for a in build_args[1::2])}
+    shutil.copy(ROOT / "requirements.lock", tmp_path / "requirements.lock")
+    shutil.copy(ROOT / "requirements-xla.txt", tmp_path / "requirements-xla.txt")
+    shutil.copy(INFRA / "docker" / "merge_lock.py", tmp_path / "merge_lock.py")
+    for run in (i["value"] for i in dockerfile.structure if i["instruction"] == "RUN"):
+        if "merge_lock.py" in run:
+            subprocess.run(["bash", "-c", run.replace("python ", "python3 ")], cwd=tmp_path, env=env, check=True)
+        elif "sed" in run:
+            sed = next(cmd.strip() for cmd in run.split("&&") if cmd.strip().startswith("sed"))
+            subprocess.run(["bash", "-c", sed], cwd=tmp_path, env=env, check=True)
+    return (tmp_path / "requirements.lock").read_text().splitlines()
+
+
+@pytest.mark.parametrize("variant", sorted(load_params()["cluster"]["images"]))
+def test_dockerfile_changes_only_the_torch_line_of_the_lock_or_the_xla_pins(dockerfile, tmp_path, variant):
+    build_args = cluster.build_args(variant)
+    torch_build = dict(a.split("=", 1) for a in build_args[1::2])["TORCH_VARIANT"]
     before = (ROOT / "requirements.lock").read_text().splitlines()
-    after = lock.read_text().splitlines()
-    changed = [(a, b) for a, b in zip(before, after) if a != b]
-    assert len(before) == len(after)
+    after = _locked(dockerfile, tmp_path, build_args)
     torch = next(line for line in before if line.startswith("torch=="))
-    assert changed == ([] if variant == "cpu" else [(torch, torch.replace("+cpu", f"+{variant}"))])
+    if variant != "tpu":
+        changed = [(a, b) for a, b in zip(before, after) if a != b]
+        assert len(before) == len(after)
+        assert changed == ([] if torch_build == "cpu" else [(torch, torch.replace("+cpu", f"+{torch_build}"))])
+        return
+    # The TPU image: requirements-xla.txt's pins instead of the lock's, the CPU build of its torch, the rest as locked.
+    overrides = [line for line in (ROOT / "requirements-xla.txt").read_text().splitlines()
+                 if line and not line.startswith("#")]
+    pinned = {merge_lock.name(line) for line in overrides}
+    assert {"torch", "torch-xla"} <= pinned
+    assert [line for line in after if merge_lock.name(line) not in pinned | {None}] == [
+        line for line in before if merge_lock.name(line) not in pinned]
+    xla_torch = next(line for line in overrides if merge_lock.name(line) == "torch")
+    assert [line for line in after if merge_lock.name(line) in pinned] == [
+        f"{xla_torch}+cpu" if line == xla_torch else line for line in overrides]
+
+
+def test_merge_lock_replaces_pins_by_normalised_name():
+    lock = "Jinja2==3.1.6\ntorch==2.13.0+cpu\ntorch_xla==2.1.0\nzipp==3.0\n"
+    merged = merge_lock.merge(lock, "# the XLA pins\ntorch==2.9.0\ntorch-xla[tpu]==2.9.0\n")
+    assert merged.splitlines() == ["Jinja2==3.1.6", "zipp==3.0", "# the XLA pins", "torch==2.9.0",
+                                   "torch-xla[tpu]==2.9.0"]
+    with pytest.raises(SystemExit, match="pin nothing"):
+        merge_lock.merge(lock, "# empty\n")
 
 
 def test_dockerignore_lets_through_what_the_build_copies(dockerfile):
@@ -356,9 +444,24 @@ def test_make_image_tags_what_the_pipeline_uses():
     out = subprocess.run(["make", "-n", "image-push", "VARIANT=cuda"], cwd=ROOT, capture_output=True, text=True,
                          check=True).stdout
     assert f"-t {component_image()} " in out and f"docker push {component_image()}\n" in out
-    out = subprocess.run(["make", "-n", "image", "VARIANT=cpu"], cwd=ROOT, capture_output=True, text=True,
-                         check=True).stdout
+    assert "--build-arg TORCH_VARIANT=cu128" in out
+    out = _make_image("cpu")
     assert "--build-arg TORCH_VARIANT=cpu" in out and f"-t {component_image()}-cpu " in out
+    out = _make_image("tpu")
+    for arg in ("TORCH_VARIANT=cpu", "LOCK_OVERRIDES=requirements-xla.txt", "PJRT_DEVICE=TPU"):
+        assert f"--build-arg {arg} " in out, out
+    assert f"-t {component_image()}-tpu " in out
+    # An unknown variant stops at the check before `docker build`, naming the setting and the choices.
+    proc = subprocess.run(["make", "image", "VARIANT=rocm"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode != 0 and "docker build" not in proc.stdout
+    assert "image variant 'rocm': params.yaml cluster.images has cuda, cpu, tpu" in proc.stderr
+
+
+def test_the_tpu_image_sets_pjrt_device_from_its_build_arg(dockerfile):
+    froms = [i for i in dockerfile.structure if i["instruction"] == "FROM"]
+    final = [i for i in dockerfile.structure if i["startline"] > froms[-1]["startline"]]
+    assert "PJRT_DEVICE" in [i["value"].split("=")[0] for i in final if i["instruction"] == "ARG"]
+    assert "PJRT_DEVICE=${PJRT_DEVICE}" in " ".join(i["value"] for i in final if i["instruction"] == "ENV")
 
 
 # ---- Kubeflow -------------------------------------------------------------------------------------------------

@@ -16,11 +16,11 @@ import json
 import math
 import re
 import sys
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
-from softprompt.config import load_params
+from softprompt.config import component_image, load_params
 from softprompt.errors import SoftpromptError
 
 # GKE sets labels under this prefix itself (from the accelerator type, the TPU machine type and topology)
@@ -99,6 +99,60 @@ def artifact_registry(image: str) -> dict[str, str]:
     return {"location": match.group(1), "project": match.group(2), "repository": match.group(3)}
 
 
+def image(variant: str = "cuda", params: dict[str, Any] | None = None) -> str:
+    """The reference of an image variant (params.yaml `cluster.images`): the component image (the CUDA variant,
+    `cluster.image:cluster.image_tag` or $SOFTPROMPT_IMAGE) plus the variant's tag suffix."""
+    params = params or load_params()
+    variants = params["cluster"]["images"]
+    if variant not in variants:
+        raise SoftpromptError(f"image variant {variant!r}: params.yaml cluster.images has {', '.join(variants)}")
+    return component_image(params) + str(variants[variant].get("tag_suffix", ""))
+
+
+def build_args(variant: str, params: dict[str, Any] | None = None) -> list[str]:
+    """`docker build` arguments of an image variant (infra/docker/Dockerfile's ARGs), from `cluster.images`."""
+    params = params or load_params()
+    image(variant, params)  # the variant must exist
+    spec = params["cluster"]["images"][variant]
+    values = {"TORCH_VARIANT": spec["torch"], "LOCK_OVERRIDES": spec.get("lock_overrides", ""),
+              "PJRT_DEVICE": spec.get("pjrt_device", "")}
+    return [arg for name, value in values.items() for arg in ("--build-arg", f"{name}={value}")]
+
+
+def accelerator_request(name: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """How a step lands on accelerator `name`'s pool: resource, count, node selector, taint and image.
+
+    A GPU step asks for `cluster.accelerator_count` GPUs. A TPU step asks for every chip of its host (GKE
+    schedules a TPU pod only if it requests all of the node's chips: 4 on a 2x2 v5e slice), and runs the
+    TPU image, which starts one training process per chip.
+    """
+    cluster = (params or load_params())["cluster"]
+    if name not in cluster["accelerators"]:
+        raise SoftpromptError(f"cluster.accelerator {name!r} is not one of {', '.join(cluster['accelerators'])}")
+    spec = cluster["accelerators"][name]
+    count = int(cluster["accelerator_count"])
+    if RESOURCES.get(spec["resource"]) == "tpu":
+        count = tpu_chips_per_host(name, spec)
+    return {"resource": spec["resource"], "count": count, "node_selector": dict(spec["node_selector"]),
+            "taint": dict(spec["taint"]), "image": image(spec.get("image", "cuda"), params)}
+
+
+def topology_chips(topology: str) -> int:
+    """Chips in a TPU topology: `2x2` -> 4."""
+    return math.prod(int(d) for d in str(topology).split("x"))
+
+
+def tpu_chips_per_host(name: str, spec: dict[str, Any]) -> int:
+    """Chips of a single-host TPU slice (2x2: 4). A pipeline step is one pod on one host, so a slice that
+    spans hosts is refused."""
+    chips = topology_chips(spec["node_selector"][TPU_TOPOLOGY_LABEL])
+    per_node = machine(spec["machine_type"])[2]
+    if chips > per_node:
+        raise SoftpromptError(f"cluster.accelerators.{name}: a {chips}-chip slice spans hosts, and a pipeline step "
+                              f"is one pod; pick a topology of at most {per_node} chips for {spec['machine_type']}")
+    return chips
+
+
 def node_pools(params: dict[str, Any] | None = None) -> dict[str, Any]:
     """The Terraform variables of the node pools and the image repository, from params.yaml `cluster:`."""
     cluster = (params or load_params())["cluster"]
@@ -118,7 +172,7 @@ def node_pools(params: dict[str, Any] | None = None) -> dict[str, Any]:
                 raise SoftpromptError(f"cluster.accelerators.{name}.node_selector: needs {TPU_LABEL} and "
                                       f"{TPU_TOPOLOGY_LABEL}")
             topology = str(selector[TPU_TOPOLOGY_LABEL])
-            chips = math.prod(int(d) for d in topology.split("x"))
+            chips = topology_chips(topology)
             accelerator, host_topology = TPU_MACHINES.get(spec["machine_type"], (None, None))
             if accelerator != selector[TPU_LABEL] or (chips <= per_node and topology != host_topology):
                 raise SoftpromptError(f"cluster.accelerators.{name}: machine type {spec['machine_type']} gives "
@@ -141,6 +195,8 @@ def tfvars_json(params: dict[str, Any] | None = None) -> str:
 
 app = typer.Typer(help=__doc__.split("\n")[0], no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False)
+Variant = Annotated[str, typer.Option(help="An image variant: a name under params.yaml cluster.images "
+                                           "(cuda, cpu, tpu).")]
 
 
 @app.command()
@@ -149,12 +205,16 @@ def tfvars() -> None:
     sys.stdout.write(tfvars_json())
 
 
-@app.command()
-def image() -> None:
-    """Print the component image (cluster.image:cluster.image_tag)."""
-    from softprompt.config import component_image
+@app.command("image")
+def image_command(variant: Variant = "cuda") -> None:
+    """Print an image variant's reference (cuda: the component image, cluster.image:cluster.image_tag)."""
+    typer.echo(image(variant))
 
-    typer.echo(component_image())
+
+@app.command("build-args")
+def build_args_command(variant: Variant = "cuda") -> None:
+    """Print an image variant's `docker build --build-arg`s."""
+    typer.echo(" ".join(build_args(variant)))
 
 
 def main(argv: list[str] | None = None) -> int:

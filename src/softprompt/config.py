@@ -184,7 +184,8 @@ class TrainConfig:
 
     method: str = described("prompt: train only the soft prompt; model: tune every weight (baseline).", _T["method"])
     steps: int = described("Number of optimizer steps.", _T["steps"])
-    batch_size: int = described("Examples per optimizer step (per device times accumulation).", _T["batch_size"])
+    batch_size: int = described("Examples per optimizer step (per device times accumulation; split over the chips "
+                                 "on a TPU host).", _T["batch_size"])
     # The optimizer (Adafactor with T5X's semantics, softprompt.optim): None takes the method's recipe from
     # params.yaml `train.optimizer.<method>`.
     lr: float | None = described("Learning rate (default: the method's recipe in params.yaml).", None)
@@ -270,7 +271,8 @@ class LMAdaptConfig:
 
     objective: str = described("prefix-lm (LM adaptation) or span-corruption (T5 pretraining).", _L["objective"])
     steps: int = described("Optimizer steps.", _L["steps"])
-    batch_size: int = described("Sequences per optimizer step (per device times accumulation).", _L["batch_size"])
+    batch_size: int = described("Sequences per optimizer step (per device times accumulation; split over the chips "
+                                "on a TPU host).", _L["batch_size"])
     grad_accumulation: int = described("Gradient accumulation steps.", _L["grad_accumulation"])
     lr: float = described("Adafactor learning rate (constant after warmup).", _L["lr"])
     warmup_steps: int = described("Linear warmup steps (0: none).", _L["warmup_steps"])

@@ -29,10 +29,10 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase, Trainer
+from transformers import PreTrainedTokenizerBase, Trainer
 from transformers.trainer_utils import get_last_checkpoint
 
-from softprompt import __version__
+from softprompt import __version__, xla
 from softprompt.config import LMAdaptConfig
 from softprompt.corpus import Corpus, document_segments, open_corpus, segments
 from softprompt.errors import SoftpromptError
@@ -56,6 +56,7 @@ Row = dict[str, list[int]]
 
 
 # ---------------------------------------------------------------------------------------------- config
+
 
 # ------------------------------------------------------------------------------------------ objectives
 
@@ -286,6 +287,7 @@ class TokenCountingTrainer(Trainer):
         return int(self.accelerator.reduce(self.tokens_seen.to(self.args.device), reduction="sum").item())
 
 
+@xla.on_every_chip  # with torch_xla: one process per TPU chip
 def lm_adapt(
     model_spec: str,
     corpus_spec: str,
@@ -328,8 +330,8 @@ def lm_adapt(
     trainer, meta = _train(base, corpus, val_corpus, cfg, ckpt, resume, progress, mixture)
     meta = {"key": key, **meta, "corpus": {"spec": corpus_spec, **corpus.identity()},
             "validation_corpus": validation_corpus, "mixture": mixture.identity() if mixture else None}
-    if trainer.is_world_process_zero():  # one writer under multi-GPU
-        _save(trainer.model, base.tokenizer, meta, store, ckpt / TENSORBOARD_DIR)
+    if trainer.is_world_process_zero():  # one writer under multi-GPU and on TPU chips
+        _save(xla.to_host(trainer.model), base.tokenizer, meta, store, ckpt / TENSORBOARD_DIR)
         if store != target:
             copy_dir(store, target)
     if not keep_checkpoints:
@@ -370,7 +372,10 @@ def _train(base: Base, corpus: Corpus, val_corpus: Corpus | None, cfg: LMAdaptCo
                               lr_scheduler_type="constant_with_warmup" if cfg.warmup_steps else "constant")
     trainer = TokenCountingTrainer(
         model=model, args=args, train_dataset=train_set, eval_dataset=val_rows,
-        data_collator=DataCollatorForSeq2Seq(tokenizer, model=None, label_pad_token_id=-100),
+        # static shapes on XLA: the objective's target length (span corruption's is fixed), a mixture's rows up
+        # to max_target_length
+        data_collator=xla.collator(tokenizer, cfg.max_source_length,
+                                   cfg.max_target_length if mixture else objective.target_length),
         optimizer_cls_and_kwargs=adafactor(train_cfg),
     )
     before = trainer.evaluate()["eval_loss"]
@@ -402,6 +407,7 @@ def _train(base: Base, corpus: Corpus, val_corpus: Corpus | None, cfg: LMAdaptCo
         "train_seconds": round(seconds, 2),
         "tokens_trained": tokens,
         "tokens_per_second": round(tokens / seconds, 1) if seconds > 0 else None,
+        "placement": xla.placement(trainer.model),
     }
 
 

@@ -1,9 +1,9 @@
 """Training a soft prompt (or, as the paper's baseline, the whole model) with the Hugging Face Trainer.
 
-The Trainer supplies checkpoint/resume, bf16 on GPU, gradient accumulation, multi-GPU (torchrun, FSDP
-through an accelerate config) and progress bars. What is ours: the paper's optimizer settings, scoring
-the validation split with the task's own metric (by generating the label text), and writing the
-prompt atomically with its lineage.
+The Trainer supplies checkpoint/resume, bf16 on GPU and TPU, gradient accumulation, multi-GPU (torchrun, FSDP
+through an accelerate config), TPUs through PyTorch/XLA (with softprompt.xla) and progress bars. What is
+ours: the paper's optimizer settings, scoring the validation split with the task's own metric (by
+generating the label text), and writing the prompt atomically with its lineage.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback, Trainer, TrainingArguments
+from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
-from softprompt import __version__
+from softprompt import __version__, xla
 from softprompt.config import EvalConfig, PromptConfig, TrainConfig
 from softprompt.errors import SoftpromptError
 from softprompt.evaluation import Encoding, evaluate_examples
@@ -122,7 +122,7 @@ def training_arguments(cfg: TrainConfig, checkpoint_dir: Path, has_eval: bool, m
     kwargs: dict[str, Any] = dict(
         output_dir=str(checkpoint_dir),
         max_steps=cfg.steps,
-        per_device_train_batch_size=cfg.batch_size // cfg.grad_accumulation,
+        per_device_train_batch_size=xla.per_device_batch(cfg.batch_size, cfg.grad_accumulation),
         gradient_accumulation_steps=cfg.grad_accumulation,
         learning_rate=cfg.lr,
         lr_scheduler_type="constant",  # paper: constant learning rate
@@ -138,12 +138,13 @@ def training_arguments(cfg: TrainConfig, checkpoint_dir: Path, has_eval: bool, m
         logging_steps=max(1, min(50, cfg.steps // 10)),
         seed=cfg.seed,
         data_seed=cfg.seed,
-        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+        bf16=xla.use_bf16(),
         # TensorBoard event files, in OUTPUT_DIR/runs/<time>_<host>/ (the Trainer's default), copied into the output
         report_to=["tensorboard"],
         disable_tqdm=not progress,
         remove_unused_columns=False,
         dataloader_num_workers=0,
+        **xla.trainer_overrides(),
     )
     return TrainingArguments(**{**kwargs, **overrides})
 
@@ -154,6 +155,7 @@ def adafactor(cfg: TrainConfig) -> tuple[type, dict[str, Any]]:
     return T5XAdafactor, cfg.optimizer()
 
 
+@xla.on_every_chip  # with torch_xla: one process per TPU chip
 def train(
     task_name: str,
     model_spec: str,
@@ -212,7 +214,8 @@ def train(
     trainer = ScoringTrainer(
         model=model,
         args=args,
-        data_collator=DataCollatorForSeq2Seq(base.tokenizer, model=None, label_pad_token_id=-100),
+        data_collator=xla.collator(base.tokenizer, cfg.max_source_length,
+                                   cfg.max_target_length + int(cfg.target_sentinel)),  # + the sentinel
         train_dataset=ExampleDataset(train_examples, encoding),
         eval_dataset=ExampleDataset(val_examples[:1], encoding) if val_examples else None,
         optimizer_cls_and_kwargs=adafactor(cfg),
@@ -248,13 +251,16 @@ def train(
         "loss_curve": [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h],
         "validation_curve": validation_curve(trainer),
         "best_step": best_step(trainer),
+        "placement": xla.placement(trainer.model),
         **(extra_meta or {}),
     }
-    logs = checkpoint_dir / TENSORBOARD_DIR
-    if cfg.method == "prompt":
-        save_prompt(trainer.model, output, meta, logs)
-    else:
-        save_full_model(trainer.model, base, output, meta, logs)
+    if trainer.is_world_process_zero():  # one writer when several processes train (TPU chips, torchrun)
+        model = xla.to_host(trainer.model)
+        logs = checkpoint_dir / TENSORBOARD_DIR
+        if cfg.method == "prompt":
+            save_prompt(model, output, meta, logs)
+        else:
+            save_full_model(model, base, output, meta, logs)
     if not keep_checkpoints:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
         with contextlib.suppress(OSError):
