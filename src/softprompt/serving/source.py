@@ -1,0 +1,77 @@
+"""Where the served prompts come from: the prompt registry, read only through its public functions.
+
+`RegistrySource` answers two questions: which version of each task is in production now, and give me that
+version's files (verified against the registered hash). The registry is a checkout, or a git URL that is
+cloned once and fetched on every check. With a `gs://` registry remote, the production pointer object (the
+arbiter of promotions across clones) says which version is in production.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import tempfile
+from pathlib import Path
+
+from softprompt.errors import SoftpromptError
+
+log = logging.getLogger(__name__)
+
+
+class RegistrySource:
+    """Production versions and their files, from a registry checkout or URL."""
+
+    def __init__(self, registry: str) -> None:
+        from softprompt.registry import Settings, is_git_url, repo_root
+
+        self.settings = Settings.load()
+        self.url = registry if is_git_url(registry) else None
+        # The pulled prompts (and a clone of a registry URL) live here while the server runs.
+        self._tmp = tempfile.TemporaryDirectory(prefix="softprompt-serve-")
+        self.cache = Path(self._tmp.name) / "prompts"
+        if self.url:
+            self.root = Path(self._tmp.name) / "registry"
+            self._git("clone", "-q", self.url, str(self.root), cwd=None)
+        else:
+            self.root = repo_root(registry)
+
+    def _git(self, *args: str, cwd: Path | None) -> None:
+        from softprompt.registry import authenticated
+
+        args = tuple(authenticated(a) if a == self.url else a for a in args)
+        proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SoftpromptError(f"registry {self.url}: git {args[0]} failed: {proc.stderr.strip()[-300:]}")
+
+    def refresh(self) -> None:
+        """Bring a cloned registry up to date (a checkout is read as it is)."""
+        if self.url:
+            self._git("fetch", "-q", "--force", "--tags", "origin", cwd=self.root)
+            self._git("reset", "-q", "--hard", "FETCH_HEAD", cwd=self.root)
+
+    def production(self) -> dict[str, int]:
+        """task -> production version number, for every task that has one."""
+        from softprompt.registry import summary_rows
+
+        numbers = {r["task"]: int(r["version"][1:]) for r in summary_rows(self.root, stage=self.settings.stage)
+                   if r["stage"]}
+        remote = self.settings.remote_url()
+        if remote.startswith("gs://"):
+            from softprompt.registry_gcs import read_pointer
+
+            for task in numbers:
+                pointer, _ = read_pointer(remote, task)
+                if pointer:
+                    numbers[task] = int(pointer["number"])
+        return numbers
+
+    def fetch(self, task: str, number: int) -> Path:
+        """The files of `task` version `number`, pulled and verified against the registered hash."""
+        from softprompt.registry import pull
+
+        path, _ = pull(self.root, task, version=number, output=self.cache / task / f"v{number}",
+                       stage=self.settings.stage)
+        return path
+
+    def close(self) -> None:
+        self._tmp.cleanup()
