@@ -18,16 +18,16 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "GIT_AUTHOR_
        "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
 
 
-def make_prompt(out: Path, task: str, seed: int) -> Path:
+def make_prompt(out: Path, task: str, seed: int, length: int = 4) -> Path:
     """A real (untrained) soft prompt on the tiny base model, saved as `softprompt train` would."""
     from softprompt.config import PromptConfig
     from softprompt.models import load_base
     from softprompt.prompt import attach_prompt, save_prompt
 
     base = load_base("tiny")
-    model = attach_prompt(base, PromptConfig(length=4, init="random"), None, seed)
+    model = attach_prompt(base, PromptConfig(length=length, init="random"), None, seed)
     meta = {"task": task, "method": "prompt", "base_model": base.name, "base_fingerprint": base.fingerprint,
-            "prompt_length": 4, "init": "random", "train": {"seed": seed, "steps": 5},
+            "prompt_length": length, "init": "random", "train": {"seed": seed, "steps": 5},
             "data": {"source": "data/validated/" + task, "files": {"train.jsonl": "md5:abc"}}}
     return save_prompt(model, out, meta)
 

@@ -9,6 +9,7 @@ arbiter of promotions across clones) says which version is in production.
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import tempfile
 from pathlib import Path
@@ -25,6 +26,13 @@ class RegistrySource:
         from softprompt.registry import Settings, is_git_url, repo_root
 
         self.settings = Settings.load()
+        token_file = os.environ.get("GIT_TOKEN_FILE")  # KServe mounts the token as a read-only secret file
+        if token_file and not os.environ.get("GIT_TOKEN"):
+            try:
+                os.environ["GIT_TOKEN"] = Path(token_file).read_text(encoding="utf-8").strip()
+            except OSError as e:
+                raise SoftpromptError(f"GIT_TOKEN_FILE {token_file}: cannot read it ({e.strerror}); mount the "
+                                      "registry secret there or unset GIT_TOKEN_FILE") from e
         self.url = registry if is_git_url(registry) else None
         # The pulled prompts (and a clone of a registry URL) live here while the server runs.
         self._tmp = tempfile.TemporaryDirectory(prefix="softprompt-serve-")
