@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from test_registry import ENV, make_prompt, metrics
+from test_registry import ENV, init_repo, make_prompt, metrics
 
 from softprompt import registry
 from softprompt.errors import SoftpromptError
@@ -27,16 +27,6 @@ from softprompt.tasks import get_task
 
 RTE = {"premise": "The cat sat on the mat.", "hypothesis": "A cat sat."}
 CB = {"premise": "It rained all day, she said.", "hypothesis": "It rained."}
-
-
-def init_repo(root: Path) -> Path:
-    root.mkdir()
-    for args in (["init", "-q", "-b", "main"], ["config", "user.name", "t"], ["config", "user.email", "t@t"]):
-        subprocess.run(["git", "-C", str(root), *args], check=True)
-    (root / "README.md").write_text("registry\n")
-    subprocess.run(["git", "-C", str(root), "add", "README.md"], check=True)
-    subprocess.run(["git", "-C", str(root), "commit", "-qm", "init"], check=True)
-    return root
 
 
 def add_version(reg: dict, task: str, seed: int, value: float, length: int = 4, edit=None) -> int:
