@@ -267,7 +267,7 @@ BAD = [
     ("POST", V2, j(v2_body(RTE) | {"parameters": []}), 400, "parameters: expected"),
     ("POST", V2, j({"inputs": [{"name": "colour", "shape": [1], "datatype": "BYTES", "data": ["a"]}]}), 400,
      "unknown field 'colour'"),
-    ("GET", V1, None, 405, "method not allowed"),
+    ("GET", V2, None, 405, "method not allowed"),
     ("GET", "/v3/anything", None, 404, "no such route"),
 ]
 

@@ -7,6 +7,7 @@ response names; a promotion builds a new snapshot and swaps the reference, which
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,15 +81,18 @@ class Row:
 class PromptSet:
     """An immutable snapshot of the served prompts, stacked for one batched pass."""
 
-    def __init__(self, base: Base, prompts: dict[str, ServedPrompt]) -> None:
+    def __init__(self, base: Base, prompts: dict[str, ServedPrompt], lock: threading.Lock | None = None) -> None:
         self.base = base
+        # Rust (fast) tokenizers refuse concurrent use ("Already borrowed"): the request handlers count tokens
+        # while the batcher encodes, so both take this lock, shared by every snapshot of one server.
+        self.lock = lock or threading.Lock()
         self.prompts = dict(prompts)
         self.tasks = sorted(self.prompts)
         self.index = {t: i for i, t in enumerate(self.tasks)}
         self.ensemble = PromptEnsemble(base.model, [self.prompts[t].vectors for t in self.tasks]) if prompts else None
 
     def with_prompt(self, served: ServedPrompt) -> PromptSet:
-        return PromptSet(self.base, {**self.prompts, served.task.name: served})
+        return PromptSet(self.base, {**self.prompts, served.task.name: served}, self.lock)
 
     def versions(self) -> dict[str, str]:
         return {t: self.prompts[t].version for t in self.tasks}
@@ -99,7 +103,9 @@ class PromptSet:
 
     def count_tokens(self, row: Row) -> int:
         """Input tokens of a row as its prompt's tokenizer sees them (EOS included), before truncation."""
-        return len(self.base.tokenizer(self.source_text(row)).input_ids)
+        text = self.source_text(row)
+        with self.lock:
+            return len(self.base.tokenizer(text).input_ids)
 
     def run(self, rows: list[Row]) -> list[dict[str, Any]]:
         """Answer every row in one generate pass (and one forward pass for the rows asking to rank)."""
@@ -113,7 +119,9 @@ class PromptSet:
 
     def _encode(self, rows: list[Row]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Token ids (each row with its prompt's encoding), their mask, and each row's prompt index."""
-        encoded = [self.prompts[r.task].encoding.source_ids([self.source_text(r)])["input_ids"][0] for r in rows]
+        texts = [self.source_text(r) for r in rows]
+        with self.lock:
+            encoded = [self.prompts[r.task].encoding.source_ids([t])["input_ids"][0] for r, t in zip(rows, texts)]
         pad = self.base.tokenizer.pad_token_id
         ids = torch.full((len(rows), max(len(e) for e in encoded)), pad, dtype=torch.long)
         mask = torch.zeros_like(ids)
@@ -127,16 +135,18 @@ class PromptSet:
         budgets = [self.prompts[r.task].budget for r in rows]
         out = self.ensemble.generate(ids, mask, prompt_index=index, max_new_tokens=max(budgets), do_sample=False,
                                      num_beams=1)
-        tokenizer = self.base.tokenizer
         # A row's own budget: what it would have generated alone (greedy decoding is per row).
-        texts = [postprocess(tokenizer.decode(seq[:1 + b], skip_special_tokens=True)) for seq, b in zip(out, budgets)]
+        with self.lock:
+            texts = [postprocess(self.base.tokenizer.decode(seq[:1 + b], skip_special_tokens=True))
+                     for seq, b in zip(out, budgets)]
         return [self._answer(r, text) for r, text in zip(rows, texts)]
 
     @torch.no_grad()
     def _rank(self, rows: list[Row]) -> list[dict[str, Any]]:
         ids, mask, index = self._encode(rows)
         labels = [self.prompts[r.task].task.label_names for r in rows]
-        targets = [label_targets(self.prompts[r.task].encoding, names) for r, names in zip(rows, labels)]
+        with self.lock:
+            targets = [label_targets(self.prompts[r.task].encoding, names) for r, names in zip(rows, labels)]
         width = max(t.shape[1] for t in targets)
         lab = torch.cat([torch.nn.functional.pad(t, (0, width - t.shape[1]), value=-100) for t in targets])
         counts = torch.tensor([len(n) for n in labels])
