@@ -24,6 +24,7 @@ import http.client
 import json
 import os
 import platform
+import random
 import socket
 import statistics
 import subprocess
@@ -49,6 +50,10 @@ FIELDS = {
     "ag_news": {"text": "Stocks rallied on Wall Street today as tech shares rose."},
 }
 TARGETS = {"throughput_ratio": 0.9, "failed_requests": 0, "swap_seconds": 2.0}
+# Inputs vary (words appended to each text field), as real traffic does: a batch generates until its last row
+# stops, so identical inputs would make single-task batches stop together and flatter them.
+WORDS = ("river", "stone", "market", "quietly", "yellow", "seven", "engine", "garden", "under", "policy",
+         "morning", "violin", "distant", "paper", "coffee", "winter", "signal", "north", "fragile", "ladder")
 
 
 # ------------------------------------------------------------------------------------------- the registry
@@ -153,9 +158,15 @@ class Client:
         self.port, self.tasks, self.instances = port, tasks, instances
         self.records: list[dict[str, Any]] = []
         self.lock = threading.Lock()
+        self.rng = random.Random(0)
 
     def body(self, task: str) -> bytes:
-        return json.dumps({"instances": [FIELDS[task]] * self.instances}).encode()
+        return json.dumps({"instances": [self.instance(task) for _ in range(self.instances)]}).encode()
+
+    def instance(self, task: str) -> dict[str, Any]:
+        with self.lock:  # client threads share the seeded generator
+            extra = {k: " ".join(self.rng.choices(WORDS, k=self.rng.randint(2, 10))) for k in FIELDS[task]}
+        return {k: f"{v} {extra[k]}" if isinstance(v, str) else v for k, v in FIELDS[task].items()}
 
     def run(self, clients: int, seconds: float, max_requests: int, interval: float = 0.0) -> list[dict[str, Any]]:
         """Drive the server for `seconds` (or `max_requests` in all); `interval`: each client's pacing."""
