@@ -272,11 +272,12 @@ def measure_latency(server: Server, args: argparse.Namespace, peak: float) -> di
 
 
 def measure_memory(server: Server, root: Path, repo: Path, prompt_length: int) -> dict[str, Any]:
-    """RSS before and after the registry gains len(EXTRA) tasks, which the server loads hot."""
+    """RSS before and after the registry gains len(EXTRA) tasks, which the server loads hot. The same traffic
+    (the first 4 tasks) runs before both readings, so what differs is what the server holds per task."""
     from softprompt.models import load_base
 
     client = Client(server.port, MIXED, 4)
-    client.run(4, 3, 10_000)  # every allocation a request makes has happened once
+    client.run(4, 4, 10_000)  # every allocation this traffic makes has happened once
     time.sleep(1.5)
     before = server.rss()
     for task in EXTRA:
@@ -285,8 +286,7 @@ def measure_memory(server: Server, root: Path, repo: Path, prompt_length: int) -
     while time.monotonic() < deadline and len(json.loads(get(server.port, "/v2/models")[1])["models"]) < \
             len(MIXED) + len(EXTRA):
         time.sleep(0.5)
-    client.tasks = MIXED + EXTRA
-    client.run(4, 3, 10_000)
+    client.run(4, 4, 10_000)
     time.sleep(1.5)
     after = server.rss()
     base = load_base("tiny")

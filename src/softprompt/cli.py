@@ -600,7 +600,7 @@ def serve(
                                                    "task with a production prompt, and new ones when promoted).")]
     = None,
     host: Annotated[str | None, typer.Option(help="Address to listen on (default serve.host).")] = None,
-    port: Annotated[int | None, typer.Option(help="HTTP port (default serve.port, 8080).")] = None,
+    port: Annotated[int | None, typer.Option(help="HTTP port (default serve.port).")] = None,
     max_batch_size: Annotated[int | None, typer.Option(help="Rows per model pass, across tasks (default "
                                                             "serve.max_batch_size).")] = None,
     max_wait_ms: Annotated[float | None, typer.Option(help="How long a batch waits for more rows (default "

@@ -43,7 +43,7 @@ def serve(model: str, registry: str, tasks: str | None = None, **overrides: obje
     served = ", ".join(f"{t} {v}" for t, v in server.snapshot.versions().items())
     log.info("serving %s on http://%s:%d (base %s)", served, settings.host, settings.port, model)
     try:
-        uvicorn.run(create_app(server), host=settings.host, port=settings.port, log_level="warning",
-                    access_log=False)
+        uvicorn.run(create_app(server, close_on_shutdown=True), host=settings.host, port=settings.port,
+                    log_level="warning", access_log=False)
     finally:
-        server.close()
+        server.close()  # when uvicorn fails to start (a port in use); closing twice is harmless

@@ -9,10 +9,11 @@ Open Inference Protocol v2: `/v2/health/live`, `/v2/health/ready`, `/v2/models`,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -72,10 +73,18 @@ def _depth(text: str) -> int:
     return deepest
 
 
-def create_app(server: PromptServer) -> FastAPI:
-    """The FastAPI application serving `server`'s tasks."""
+def create_app(server: PromptServer, close_on_shutdown: bool = False) -> FastAPI:
+    """The FastAPI application serving `server`'s tasks (closing it when the app shuts down, if asked: uvicorn
+    re-raises SIGTERM once it has stopped, so code after `uvicorn.run` never runs)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        if close_on_shutdown:
+            server.close()
+
     app = FastAPI(title="softprompt", description="Soft prompts of many tasks over one frozen T5.",
-                  docs_url=None, redoc_url=None, openapi_url=None)
+                  docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     settings, metrics = server.settings, server.metrics
 
     @app.exception_handler(StarletteHTTPException)

@@ -106,6 +106,8 @@ class PromptServer:
     def check_registry(self) -> None:
         """Load every task whose production version differs from the one served."""
         self.source.refresh()
+        if not self.source.changed():
+            return
         for task, number in sorted(self.source.production().items()):
             if self.fixed_tasks is not None and task not in self.fixed_tasks:
                 continue
@@ -131,12 +133,15 @@ class PromptServer:
             try:
                 self.check_registry()
             except Exception as e:  # noqa: BLE001 - a registry hiccup must not stop serving; try again next poll
+                self.source.forget()
                 log.warning("registry check failed: %s", str(e).splitlines()[0] if str(e) else type(e).__name__)
 
     def _run(self, rows: list[Row]) -> list[dict[str, Any]]:
         return self.snapshot.run(rows)  # read once: the whole batch is answered by one snapshot
 
     def close(self) -> None:
+        if self._stop.is_set():
+            return
         self._stop.set()
         self._watch.join(timeout=30)
         self.batcher.close()

@@ -39,6 +39,7 @@ class RegistrySource:
         # The pulled prompts (and a clone of a registry URL) live here while the server runs.
         self._tmp = tempfile.TemporaryDirectory(prefix="softprompt-serve-")
         self._worker: ProcessPoolExecutor | None = None
+        self._signature: str | None = None  # the registry's tags at the last check
         self.cache = Path(self._tmp.name) / "prompts"
         if self.url:
             self.root = Path(self._tmp.name) / "registry"
@@ -59,6 +60,25 @@ class RegistrySource:
         if self.url:
             self._git("fetch", "-q", "--force", "--tags", "origin", cwd=self.root)
             self._git("reset", "-q", "--hard", "FETCH_HEAD", cwd=self.root)
+
+    def changed(self) -> bool:
+        """Whether the registry's tags changed since the last call (always True with a gs:// pointer).
+
+        Versions and promotions are git tags, so one `git for-each-ref` tells whether reading them again (a
+        `git show` per version) is needed: polling stays cheap however many versions the registry holds.
+        """
+        if self.settings.remote_url().startswith("gs://"):
+            return True
+        proc = subprocess.run(["git", "-C", str(self.root), "for-each-ref", "--format=%(objectname) %(refname)",
+                               "refs/tags"], capture_output=True, text=True)
+        if proc.returncode == 0 and proc.stdout == self._signature:
+            return False
+        self._signature = proc.stdout if proc.returncode == 0 else None
+        return True
+
+    def forget(self) -> None:
+        """Read the registry in full at the next check (after a check that failed halfway)."""
+        self._signature = None
 
     def production(self) -> dict[str, int]:
         """task -> production version number, for every task that has one."""
