@@ -99,8 +99,8 @@ class RegistrySource:
     def fetch(self, task: str, number: int) -> Path:
         """The files of `task` version `number`, pulled and verified against the registered hash.
 
-        The pull (DVC, git) runs in a helper process: DVC's repo objects and caches would otherwise stay in the
-        server and grow it by megabytes per loaded task (measured: 9 MB), where a prompt is P x d floats.
+        The pull (DVC, git) runs in a helper process, so that DVC's repo objects and caches stay out of the
+        server, whose memory should grow by little more than P x d floats per task.
         """
         if self._worker is None:
             self._worker = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
