@@ -366,6 +366,9 @@ def free_port() -> int:
 
 @pytest.mark.slow
 def test_softprompt_serve_command_answers_v1_and_v2_for_each_task(reg, tmp_path):
+    # A rollback first: the refusal test above promoted a cb prompt of another base, which the command would
+    # refuse to start with (exit 2, naming it).
+    registry.promote(reg["repo"], "cb", 1, force=True, settings=reg["settings"])
     port = free_port()
     log = (tmp_path / "serve.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "softprompt.cli", "serve", "--model", "tiny", "--registry",
