@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup test lint bench help replicate
+.PHONY: setup test lint bench help replicate bench-serving serve
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -25,6 +25,17 @@ lint:  ## ruff
 
 bench:  ## run the benchmarks; results under benchmarks/results/
 	$(BIN)/python benchmarks/train_step.py
+
+bench-serving:  ## the serving benchmark: softprompt serve on loopback; writes benchmarks/results/serving.{json,md}
+	$(BIN)/python benchmarks/serving.py
+
+# `make serve REGISTRY=DIR MODEL=tiny TASKS=rte,cb PORT=8080` (README "Serve"); unset ones come from params.yaml.
+REGISTRY ?= .
+TASKS ?=
+PORT ?=
+serve:  ## serve every task's production prompt over HTTP (REGISTRY= checkout or URL, MODEL=, TASKS=, PORT=)
+	$(BIN)/softprompt serve --registry $(REGISTRY) $(if $(MODEL),--model $(MODEL)) $(if $(TASKS),--tasks $(TASKS)) \
+		$(if $(PORT),--port $(PORT))
 
 replicate:  ## build the CPU base once (DVC-cached), then the paper's comparisons on AG News (README "Replication"; needs ../shared)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro base-lm

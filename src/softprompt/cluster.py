@@ -99,7 +99,11 @@ def artifact_registry(image: str) -> dict[str, str]:
     return {"location": match.group(1), "project": match.group(2), "repository": match.group(3)}
 
 
-def image(variant: str = "cuda", params: dict[str, Any] | None = None) -> str:
+# The variant every component runs unless its accelerator names another (params.yaml cluster.images).
+BASE_VARIANT = "cuda"
+
+
+def image(variant: str = BASE_VARIANT, params: dict[str, Any] | None = None) -> str:
     """The reference of an image variant (params.yaml `cluster.images`): the component image (the CUDA variant,
     `cluster.image:cluster.image_tag` or $SOFTPROMPT_IMAGE) plus the variant's tag suffix."""
     params = params or load_params()
@@ -109,7 +113,7 @@ def image(variant: str = "cuda", params: dict[str, Any] | None = None) -> str:
     return component_image(params) + str(variants[variant].get("tag_suffix", ""))
 
 
-def build_args(variant: str, params: dict[str, Any] | None = None) -> list[str]:
+def build_args(variant: str = BASE_VARIANT, params: dict[str, Any] | None = None) -> list[str]:
     """`docker build` arguments of an image variant (infra/docker/Dockerfile's ARGs), from `cluster.images`."""
     params = params or load_params()
     image(variant, params)  # the variant must exist
@@ -195,8 +199,8 @@ def tfvars_json(params: dict[str, Any] | None = None) -> str:
 
 app = typer.Typer(help=__doc__.split("\n")[0], no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False)
-Variant = Annotated[str, typer.Option(help="An image variant: a name under params.yaml cluster.images "
-                                           "(cuda, cpu, tpu).")]
+Variant = Annotated[str | None, typer.Option(help="An image variant: a name under params.yaml cluster.images "
+                                                  "(cuda, cpu, tpu); default: the components' image, cuda.")]
 
 
 @app.command()
@@ -206,15 +210,15 @@ def tfvars() -> None:
 
 
 @app.command("image")
-def image_command(variant: Variant = "cuda") -> None:
+def image_command(variant: Variant = None) -> None:
     """Print an image variant's reference (cuda: the component image, cluster.image:cluster.image_tag)."""
-    typer.echo(image(variant))
+    typer.echo(image(variant or BASE_VARIANT))
 
 
 @app.command("build-args")
-def build_args_command(variant: Variant = "cuda") -> None:
+def build_args_command(variant: Variant = None) -> None:
     """Print an image variant's `docker build --build-arg`s."""
-    typer.echo(" ".join(build_args(variant)))
+    typer.echo(" ".join(build_args(variant or BASE_VARIANT)))
 
 
 def main(argv: list[str] | None = None) -> int:

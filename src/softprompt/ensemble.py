@@ -32,34 +32,54 @@ from softprompt.tasks.base import SCORE, Example, Task
 
 
 class PromptEnsemble(torch.nn.Module):
-    """A frozen seq2seq model with N soft prompts; row `p * B + b` of a batch is example b under prompt p."""
+    """A frozen seq2seq model with N soft prompts, each row of a batch under the prompt it names.
 
-    def __init__(self, model: Any, prompts: torch.Tensor) -> None:
+    Without `prompt_index`, row `p * B + b` of a batch is example b under prompt p (the ensemble's layout).
+    With it, row r is input r under prompt `prompt_index[r]` (the server's mixed-task batches). Prompts of
+    different lengths are left-padded to the longest with masked positions: T5's position bias is relative,
+    so the padding changes neither the distances between a row's prompt and its tokens nor its outputs.
+    """
+
+    def __init__(self, model: Any, prompts: torch.Tensor | Sequence[torch.Tensor]) -> None:
         super().__init__()
         self.model = model
-        self.register_buffer("prompts", prompts.to(next(model.parameters()).dtype))  # N x P x d
+        dtype = next(model.parameters()).dtype
+        vectors = list(prompts)
+        longest = max(v.shape[0] for v in vectors)
+        padded = torch.zeros(len(vectors), longest, vectors[0].shape[1], dtype=dtype)
+        mask = torch.zeros(len(vectors), longest, dtype=torch.long)
+        for i, v in enumerate(vectors):
+            padded[i, longest - v.shape[0]:] = v.to(dtype)
+            mask[i, longest - v.shape[0]:] = 1
+        self.register_buffer("prompts", padded)  # N x P x d
+        self.register_buffer("prompt_mask", mask)  # N x P
 
     @property
     def num_prompts(self) -> int:
         return self.prompts.shape[0]
 
-    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """N*B rows of [prompt_p ; embeddings of example b] and their attention mask."""
-        n, length = self.prompts.shape[:2]
-        batch = input_ids.shape[0]
-        tokens = self.model.get_input_embeddings()(input_ids).repeat(n, 1, 1)
-        prompts = self.prompts.repeat_interleave(batch, dim=0)
-        mask = torch.cat([attention_mask.new_ones(n * batch, length), attention_mask.repeat(n, 1)], dim=1)
-        return torch.cat([prompts, tokens], dim=1), mask
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+              prompt_index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rows [prompt ; embeddings of the input] and their attention mask (N*B rows without an index)."""
+        if prompt_index is None:
+            n, batch = self.num_prompts, input_ids.shape[0]
+            input_ids, attention_mask = input_ids.repeat(n, 1), attention_mask.repeat(n, 1)
+            prompt_index = torch.arange(n).repeat_interleave(batch)
+        prompt_index = prompt_index.to(self.prompts.device)
+        tokens = self.model.get_input_embeddings()(input_ids)
+        mask = torch.cat([self.prompt_mask[prompt_index].to(attention_mask.dtype), attention_mask], dim=1)
+        return torch.cat([self.prompts[prompt_index], tokens], dim=1), mask
 
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        embeds, mask = self.embed(input_ids, attention_mask)
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 prompt_index: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
+        embeds, mask = self.embed(input_ids, attention_mask, prompt_index)
         return self.model.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> Any:
-        """`labels` has N*B rows, in the same prompt-major order."""
-        embeds, mask = self.embed(input_ids, attention_mask)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                prompt_index: torch.Tensor | None = None) -> Any:
+        """`labels` has one row per output row (N*B in prompt-major order without an index)."""
+        embeds, mask = self.embed(input_ids, attention_mask, prompt_index)
         return self.model(inputs_embeds=embeds, attention_mask=mask, labels=labels)
 
 

@@ -24,7 +24,11 @@ def prompts(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
-    root = tmp_path / "registry-repo"
+    return init_repo(tmp_path / "registry-repo")
+
+
+def init_repo(root: Path) -> Path:
+    """An empty git repo with one commit: a registry checkout to register into."""
     root.mkdir()
     for args in (["init", "-q", "-b", "main"], ["config", "user.name", "t"], ["config", "user.email", "t@t"]):
         subprocess.run(["git", "-C", str(root), *args], check=True)

@@ -1,0 +1,82 @@
+"""The KServe InferenceService that runs `softprompt serve`, generated from params.yaml.
+
+Placement (accelerator resource, node selector, toleration), the image and the resources come from the same
+`cluster:` entries the pipeline's steps use, the port and the probes from `serve:`. Regenerate after editing
+params.yaml (tests/test_infra.py fails if the committed file differs):
+
+    python -m softprompt.serving.manifest > infra/serving/inferenceservice.yaml
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import yaml
+
+from softprompt.config import component_image, load_params
+from softprompt.errors import SoftpromptError
+
+NAME = "softprompt"
+SECRET_DIR = "/var/secrets/registry-git"
+REGISTRY_PLACEHOLDER = "${REGISTRY_REPO}"  # envsubst fills it in, as for the secret templates
+
+
+def placement(cluster: dict[str, Any]) -> dict[str, Any]:
+    """Node selector, tolerations and accelerator limits of `cluster.accelerator` (nothing for none)."""
+    name = cluster.get("accelerator") or "none"
+    if name == "none":
+        return {"nodeSelector": dict(cluster["cpu_pool"]["node_selector"]), "tolerations": [], "limits": {}}
+    if name not in cluster["accelerators"]:
+        raise SoftpromptError(f"cluster.accelerator {name!r} is not one of {', '.join(cluster['accelerators'])}")
+    spec = cluster["accelerators"][name]
+    taint = spec["taint"]
+    return {"nodeSelector": dict(spec["node_selector"]),
+            "tolerations": [{"key": taint["key"], "operator": "Equal", "value": taint["value"],
+                             "effect": taint["effect"]}],
+            "limits": {spec["resource"]: str(int(cluster["accelerator_count"]))}}
+
+
+def inference_service(params: dict[str, Any] | None = None) -> dict[str, Any]:
+    params = params or load_params()
+    cluster, serve = params["cluster"], params["serve"]
+    where = placement(cluster)
+    heavy = cluster["resources"]["heavy"]
+    git = cluster["secrets"]["registry_git"]
+    port = int(serve["port"])
+    container = {
+        "name": "kserve-container",
+        "image": component_image(params),
+        "command": ["softprompt", "serve"],
+        "args": ["--model", params["model"], "--registry", "$(REGISTRY_REPO)", "--port", str(port)],
+        "env": [{"name": "REGISTRY_REPO", "value": params["pipeline"]["registry_repo"] or REGISTRY_PLACEHOLDER},
+                # the git token is read from the read-only secret volume (never an env value in the spec)
+                {"name": "GIT_TOKEN_FILE", "value": f"{SECRET_DIR}/{git['key']}"}],
+        "ports": [{"containerPort": port, "protocol": "TCP"}],
+        "resources": {"requests": {"cpu": str(heavy["cpu"]), "memory": str(heavy["memory"])},
+                      **({"limits": where["limits"]} if where["limits"] else {})},
+        "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": port}, "initialDelaySeconds": 10,
+                           "periodSeconds": 5, "failureThreshold": 3},
+        "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": port}, "initialDelaySeconds": 30,
+                          "periodSeconds": 10, "failureThreshold": 3},
+        "volumeMounts": [{"name": "registry-git", "mountPath": SECRET_DIR, "readOnly": True}],
+    }
+    predictor = {"minReplicas": 1, "nodeSelector": where["nodeSelector"], "containers": [container],
+                 "volumes": [{"name": "registry-git", "secret": {"secretName": git["name"], "defaultMode": 0o400}}]}
+    if where["tolerations"]:
+        predictor["tolerations"] = where["tolerations"]
+    return {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
+            "metadata": {"name": NAME, "namespace": "kubeflow",
+                         # A plain Deployment + Service (no Knative): the probes and ports above are used as given.
+                         "annotations": {"serving.kserve.io/deploymentMode": "RawDeployment"}},
+            "spec": {"predictor": predictor}}
+
+
+def manifest_yaml(params: dict[str, Any] | None = None) -> str:
+    header = ("# Generated from params.yaml by `python -m softprompt.serving.manifest`; do not edit by hand.\n"
+              "# Apply: REGISTRY_REPO=URL envsubst < infra/serving/inferenceservice.yaml | kubectl apply -f -\n")
+    return header + yaml.safe_dump(inference_service(params), sort_keys=False)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(manifest_yaml())
