@@ -167,8 +167,10 @@ def training_page(meta: dict[str, Any], summary: dict[str, Any]) -> str:
 
 def lm_adapt_page(meta: dict[str, Any], summary: dict[str, Any]) -> str:
     """The lm-adapt step's page: its loss curve (training and validation) and validation loss before/after."""
-    series = {"training loss": points(meta.get("loss_curve") or [], "loss"),
-              "validation loss": points(meta.get("validation_loss_curve") or [], "loss")}
+    before = meta.get("validation_loss_before")
+    series = {"training loss": points(meta.get("loss_curve") or [], "loss"),  # validation: before training too
+              "validation loss": ([(0, before)] if before is not None else [])
+              + points(meta.get("validation_loss_curve") or [], "loss")}
     parts = [line_chart(series, "step", "loss", f"LM adaptation ({meta.get('objective')}) loss"),
              heading("Summary"), key_values(summary)]
     return page(f"LM adaptation of {meta.get('base_model')}", parts)
