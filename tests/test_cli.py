@@ -107,6 +107,14 @@ def test_errors_are_one_line_and_exit_non_zero(args, message):
     assert proc.stderr.strip().splitlines()[-1] == errors[0]
 
 
+def test_unreadable_params_yaml_is_one_error_line(tmp_path):
+    missing = tmp_path / "params.yaml"
+    proc = subprocess.run([*CLI, "tasks"], capture_output=True, text=True, cwd=REPO,
+                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "SOFTPROMPT_PARAMS": str(missing)})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith(f"error: {missing}: cannot read params") and proc.stderr.count("\n") == 1
+
+
 def test_help_explains_every_command():
     top = run("--help").stdout
     for command in ("train", "evaluate", "tasks"):

@@ -16,26 +16,31 @@ from typing import Annotated, Any
 
 import typer
 
-from softprompt.config import (
-    EvalConfig,
-    EvalMethod,
-    EvalMode,
-    Init,
-    LMAdaptConfig,
-    Method,
-    Objective,
-    Policy,
-    PromptConfig,
-    RegistryConfig,
-    TrainConfig,
-    ValidateConfig,
-    from_section,
-    help_of,
-    load_params,
-    param_value,
-    training_configs,
-)
 from softprompt.errors import SoftpromptError
+
+try:  # --help shows params.yaml's values, so the CLI reads the file as it loads: a broken one is one error line
+    from softprompt.config import (
+        EvalConfig,
+        EvalMethod,
+        EvalMode,
+        Init,
+        LMAdaptConfig,
+        Method,
+        Objective,
+        Policy,
+        PromptConfig,
+        RegistryConfig,
+        TrainConfig,
+        ValidateConfig,
+        from_section,
+        help_of,
+        load_params,
+        param_value,
+        training_configs,
+    )
+except SoftpromptError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
 
 app = typer.Typer(
     help="Prompt tuning (Lester et al., 2021) for frozen T5 models: train, evaluate and ship soft prompts.",
