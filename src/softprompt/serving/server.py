@@ -91,8 +91,8 @@ class PromptServer:
         for task in tasks:
             if task not in production:
                 raise SoftpromptError(f"{task}: no production prompt in the registry {self.source.root}; "
-                                      f"promote one (`softprompt registry promote --task {task} --version N`) or drop it "
-                                      "from --tasks")
+                                      f"promote one (`softprompt registry promote --task {task} --version N`) "
+                                      "or drop it from --tasks")
             self._install(task, production[task])
 
     def _install(self, task: str, number: int) -> None:
