@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from support.registry import ENV, git, make_prompt, metrics
+from support.registry import ENV, git, init_repo, make_prompt, metrics
 from typer.testing import CliRunner
 
 from softprompt import registry
@@ -25,17 +25,6 @@ def prompts(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
     return init_repo(tmp_path / "registry-repo")
-
-
-def init_repo(root: Path) -> Path:
-    """An empty git repo with one commit: a registry checkout to register into."""
-    root.mkdir()
-    for args in (["init", "-q", "-b", "main"], ["config", "user.name", "t"], ["config", "user.email", "t@t"]):
-        subprocess.run(["git", "-C", str(root), *args], check=True)
-    (root / "README.md").write_text("registry\n")
-    subprocess.run(["git", "-C", str(root), "add", "README.md"], check=True)
-    subprocess.run(["git", "-C", str(root), "commit", "-qm", "init"], check=True)
-    return root
 
 
 @pytest.fixture
