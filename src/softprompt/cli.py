@@ -239,7 +239,7 @@ def preview(
 Repo = Annotated[Path | None, typer.Option(
     help="The registry git repo (a clone of this project); default: the git repo of the current directory.")]
 
-registry_app = typer.Typer(help="The prompt registry: register, promote, pull and list versions of each task's "
+registry_app = typer.Typer(help="The prompt registry: register, promote, pull, list and show versions of each task's "
                                 "prompt (DVC files, GTO tags).", no_args_is_help=True)
 app.add_typer(registry_app, name="registry")
 
