@@ -78,3 +78,13 @@ def test_train_record_reads_the_replication_profile():
     assert record["prompt_lr"] == train["optimizer"]["prompt"]["lr"] == 0.3
     assert record["model_lr"] == train["optimizer"]["model"]["lr"]
     assert record["steps"] == train["steps"] and record["batch_size"] == train["batch_size"]
+
+
+def test_the_zero_shot_reading_follows_the_numbers():
+    replicate = replicate_module()
+    results = {k: replicate.stats([60.0, 62.0, 64.0]) for k in replicate.KEYS}
+    results["zero_shot"] = replicate.stats([61.5])
+    assert "The base already does the task" in replicate.findings(results)[0]  # 62.0 vs 61.5, std 2.0
+    results["zero_shot"] = replicate.stats([30.0])
+    first = replicate.findings(results)[0]
+    assert first.startswith("Prompt tuning adds +32.0 points") and "already does the task" not in first
