@@ -279,6 +279,24 @@ def test_bad_requests_get_a_4xx_that_says_what_is_wrong(live, method, path, raw,
     assert isinstance(body, dict) and message in body["error"], body
 
 
+def test_an_oversized_body_gets_its_413_not_a_connection_reset(live):
+    """urllib sends the whole body before it reads: the server must read past the limit, or the client gets RST."""
+    big = b'{"instances": [{"premise": "' + b"y" * 3_000_000 + b'"}]}'
+    for _ in range(5):
+        status, body = call(live.url, V1, raw=big)
+        assert status == 413 and "serve.max_body_bytes" in body["error"], body
+
+    def chunks():  # no Content-Length: the limit is found while streaming
+        for _ in range(40):
+            yield b"z" * 65536
+
+    request = urllib.request.Request(live.url + V1, data=chunks(), method="POST",
+                                     headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"})
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(request, timeout=60)
+    assert e.value.code == 413 and "serve.max_body_bytes" in json.loads(e.value.read())["error"]
+
+
 def test_rank_on_a_task_without_labels_is_refused():
     from softprompt.serving.requests import RequestError, check_mode
 

@@ -26,6 +26,7 @@ from softprompt.serving.requests import RequestError, check_instances, check_mod
 from softprompt.serving.server import PromptServer
 
 log = logging.getLogger("softprompt.serve")
+LINGER_FACTOR = 8  # bodies up to 8x the limit are read and dropped before a 413, so the client sees it
 JSON_DEPTH = 64  # nesting deeper than any task's fields is refused before the parser recurses into it
 
 
@@ -34,18 +35,28 @@ def error(status: int, message: str) -> JSONResponse:
 
 
 async def read_json(request: Request, max_bytes: int) -> Any:
-    """The body as JSON, read no further than `max_bytes` (a Content-Length or a stream beyond it is 413)."""
+    """The body as JSON, read no further than `max_bytes` (a Content-Length or a stream beyond it is 413).
+
+    A body over the limit is still read and dropped, up to `LINGER_FACTOR` times the limit, before the 413 goes
+    out: clients that send the whole body before reading the reply (urllib, requests, curl) otherwise get a
+    connection reset instead of the 413, because closing a socket with unread input makes the kernel send RST.
+    nginx calls this a lingering close; uvicorn does not do it, so it is done here.
+    """
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
+        await _drain(request, LINGER_FACTOR * max_bytes)
         raise RequestError(413, f"body: {declared} bytes, more than the limit of {max_bytes} "
                                 "(params.yaml serve.max_body_bytes); send fewer instances per request")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > max_bytes:
-            raise RequestError(413, f"body: more than the limit of {max_bytes} bytes "
-                                    "(params.yaml serve.max_body_bytes); send fewer instances per request")
-        chunks.append(chunk)
+        if size <= max_bytes:
+            chunks.append(chunk)
+        elif size > LINGER_FACTOR * max_bytes:
+            break
+    if size > max_bytes:
+        raise RequestError(413, f"body: more than the limit of {max_bytes} bytes "
+                                "(params.yaml serve.max_body_bytes); send fewer instances per request")
     raw = b"".join(chunks)
     if not raw.strip():
         raise RequestError(400, "body: empty; send a JSON object")
@@ -59,6 +70,15 @@ async def read_json(request: Request, max_bytes: int) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise RequestError(400, f"body: invalid JSON ({e.msg} at line {e.lineno} column {e.colno})") from e
+
+
+async def _drain(request: Request, budget: int) -> None:
+    """Read and drop up to `budget` more bytes of the body (the rest, if any, is left to the connection close)."""
+    with contextlib.suppress(Exception):  # the client may hang up first; the 413 is the answer either way
+        async for chunk in request.stream():
+            budget -= len(chunk)
+            if budget <= 0:
+                return
 
 
 def _depth(text: str) -> int:
