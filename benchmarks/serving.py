@@ -274,8 +274,9 @@ def measure_latency(server: Server, args: argparse.Namespace, peak: float) -> di
 
 
 def measure_memory(server: Server, root: Path, repo: Path, prompt_length: int) -> dict[str, Any]:
-    """RSS before and after the registry gains len(EXTRA) - 1 tasks, which the server loads hot. The same traffic
-    (the first 4 tasks) runs before both readings, so what differs is what the server holds per task."""
+    """RSS before and after the registry gains len(EXTRA) - 1 tasks, promoted one at a time and loaded hot (as
+    promotions arrive in production). The same traffic (the first 4 tasks) runs after each load, so what differs
+    is what the server holds per task; each step's growth is kept, to show it is a slope and not one jump."""
     from softprompt.models import load_base
 
     client = Client(server.port, MIXED, 4)
@@ -289,10 +290,11 @@ def measure_memory(server: Server, root: Path, repo: Path, prompt_length: int) -
         return server.rss()
 
     register(root, repo, EXTRA[0], seed=1, prompt_length=prompt_length)
-    before = settle(len(MIXED) + 1)
-    for task in EXTRA[1:]:
+    readings = [settle(len(MIXED) + 1)]
+    for i, task in enumerate(EXTRA[1:], start=2):
         register(root, repo, task, seed=1, prompt_length=prompt_length)
-    after = settle(len(MIXED) + len(EXTRA))
+        readings.append(settle(len(MIXED) + i))
+    before, after = readings[0], readings[-1]
     base = load_base("tiny")
     d_model = base.model.config.d_model
     model_bytes = sum(p.numel() * p.element_size() for p in base.model.parameters())
@@ -300,7 +302,7 @@ def measure_memory(server: Server, root: Path, repo: Path, prompt_length: int) -
     budget = prompt_length * d_model * 4 + 2**20
     k = len(MIXED) + len(EXTRA)
     return {"d_model": d_model, "rss_before_mb": before / 2**20, "rss_after_mb": after / 2**20,
-            "extra_tasks": len(EXTRA) - 1,
+            "extra_tasks": len(EXTRA) - 1, "steps_kib": [(b - a) / 1024 for a, b in zip(readings, readings[1:])],
             "per_task_bytes": per_task, "budget_bytes": budget, "prompt_bytes": prompt_length * d_model * 4,
             "model_bytes": model_bytes, "k_tasks": k,
             "one_model_k_prompts_bytes": model_bytes + k * prompt_length * d_model * 4,
@@ -365,7 +367,8 @@ def markdown(result: dict[str, Any]) -> str:
     lines += ["", f"One model + {mem['k_tasks']} prompts: {mem['one_model_k_prompts_bytes'] / 2**20:.2f} MiB of "
               f"weights; {mem['k_tasks']} per-task models: {mem['k_models_bytes'] / 2**20:.2f} MiB. Server RSS "
               f"{mem['rss_before_mb']:.1f} MiB with {len(MIXED) + 1} tasks, {mem['rss_after_mb']:.1f} MiB with "
-              f"{mem['k_tasks']}."]
+              f"{mem['k_tasks']}; growth at each hot load (KiB): "
+              + ", ".join(f"{x:.0f}" for x in mem["steps_kib"]) + "."]
     return "\n".join(lines) + "\n"
 
 
