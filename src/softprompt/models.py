@@ -69,7 +69,6 @@ def build_tiny() -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         # std d_model**-0.5 keeps the initial logits O(1), so the tiny model learns in a few steps.
         lm_head = torch.randn(config.vocab_size, config.d_model) * config.d_model**-0.5
         model.lm_head.weight = torch.nn.Parameter(lm_head)
-    model.config._name_or_path = TINY  # recorded as base_model_name_or_path in saved adapters
     return model, ByT5Tokenizer()
 
 

@@ -9,6 +9,7 @@ the training setup, the data version and metrics. Loading on another base model 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +88,8 @@ def attach_prompt(base: Base, config: PromptConfig, labels: tuple[str, ...] | No
         num_transformer_submodules=1,
         prompt_tuning_init=PromptTuningInit.RANDOM,
         token_dim=model.config.d_model,
-        base_model_name_or_path=base.name,
+        # base_model_name_or_path is left to peft (it overwrites it with the model's name_or_path, warning when
+        # they differ); softprompt.json records the base by name and embedding fingerprint.
     )
     peft_model = get_peft_model(model, peft_config)
     embeddings = model.get_input_embeddings().weight.detach().to(torch.float32).cpu()
@@ -108,7 +110,8 @@ def prompt_vectors(peft_model: PeftModel) -> torch.Tensor:
 def save_prompt(peft_model: PeftModel, output: str | Path, meta: dict[str, Any], logs: Path | None = None) -> Path:
     """Atomically write the PEFT adapter plus softprompt.json (and the TensorBoard `logs`) to `output`."""
     with atomic_dir(output) as tmp:
-        peft_model.save_pretrained(str(tmp))
+        # A soft prompt never changes the base's embeddings; "auto" would look the base up on the Hub to decide.
+        peft_model.save_pretrained(str(tmp), save_embedding_layers=False)
         write_json(tmp / META_FILE, meta)
         copy_logs(logs, tmp)
     return Path(output)
@@ -143,7 +146,11 @@ def load_prompt(base: Base, prompt_dir: str | Path) -> tuple[PeftModel, dict[str
             f"({meta['base_fingerprint'][:19]}…), not on {base.name!r} ({base.fingerprint[:19]}…); "
             f"pass --model {meta['base_model']}")
     try:
-        model = PeftModel.from_pretrained(base.model, str(prompt_dir))
+        with warnings.catch_warnings():
+            # peft warns "base_model_name_or_path was renamed" on every load onto a model built from a config
+            # (tiny, from-scratch bases), whose name_or_path is empty; the fingerprint check above is the real one.
+            warnings.filterwarnings("ignore", message=".*base_model_name_or_path` was renamed")
+            model = PeftModel.from_pretrained(base.model, str(prompt_dir))
     except (ValueError, RuntimeError, OSError) as e:
         raise SoftpromptError(f"{prompt_dir}: cannot load the adapter ({str(e).splitlines()[0]})") from e
     expected = (meta["prompt_length"], base.model.config.d_model)
