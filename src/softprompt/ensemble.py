@@ -85,14 +85,17 @@ class PromptEnsemble(torch.nn.Module):
 
 def read_prompt_vectors(base: Base, prompt_dir: str | Path) -> tuple[torch.Tensor, dict[str, Any]]:
     """The P x d prompt of a saved prompt directory, refusing one trained on another base model."""
-    from safetensors.torch import load_file
-
-    from softprompt.prompt import read_meta
+    from softprompt.prompt import check_base, read_meta
 
     meta = read_meta(prompt_dir)
-    if meta["base_fingerprint"] != base.fingerprint:
-        raise SoftpromptError(f"{prompt_dir}: prompt was trained on base model {meta['base_model']!r}, not on "
-                              f"{base.name!r}; every prompt must share one base model")
+    check_base(meta, base, f"{prompt_dir}: prompt", "every prompt must share one base model")
+    return prompt_tensor(base, prompt_dir, meta), meta
+
+
+def prompt_tensor(base: Base, prompt_dir: str | Path, meta: dict[str, Any]) -> torch.Tensor:
+    """The P x d vectors of a prompt directory whose softprompt.json `meta` was read and checked."""
+    from safetensors.torch import load_file
+
     tensors = load_file(str(Path(prompt_dir) / "adapter_model.safetensors"))
     if "prompt_embeddings" not in tensors:
         raise SoftpromptError(f"{prompt_dir}/adapter_model.safetensors: no prompt_embeddings tensor; "
@@ -101,7 +104,7 @@ def read_prompt_vectors(base: Base, prompt_dir: str | Path) -> tuple[torch.Tenso
     if tuple(vectors.shape) != (meta["prompt_length"], base.model.config.d_model):
         raise SoftpromptError(f"{prompt_dir}: prompt has shape {tuple(vectors.shape)}, expected "
                               f"({meta['prompt_length']}, {base.model.config.d_model})")
-    return vectors, meta
+    return vectors
 
 
 def majority_vote(votes: Sequence[str]) -> str:

@@ -137,14 +137,23 @@ def read_meta(prompt_dir: str | Path) -> dict[str, Any]:
     return meta
 
 
+class BaseMismatch(SoftpromptError):
+    """A prompt trained on another base model than the one it is loaded onto."""
+
+
+def check_base(meta: dict[str, Any], base: Base, what: str, fix: str) -> None:
+    """Refuse a prompt (its softprompt.json `meta`) trained on another base than `base`: the embedding
+    fingerprint decides, the names are for the message. `what` names the prompt, `fix` says what to do."""
+    if meta["base_fingerprint"] != base.fingerprint:
+        raise BaseMismatch(f"{what} was trained on base model {meta['base_model']!r} "
+                           f"({meta['base_fingerprint'][:19]}…), not on {base.name!r} "
+                           f"({base.fingerprint[:19]}…); {fix}")
+
+
 def load_prompt(base: Base, prompt_dir: str | Path) -> tuple[PeftModel, dict[str, Any]]:
     """Load a saved prompt onto `base`, refusing a prompt trained on another base model."""
     meta = read_meta(prompt_dir)
-    if meta["base_fingerprint"] != base.fingerprint:
-        raise SoftpromptError(
-            f"{prompt_dir}: prompt was trained on base model {meta['base_model']!r} "
-            f"({meta['base_fingerprint'][:19]}…), not on {base.name!r} ({base.fingerprint[:19]}…); "
-            f"pass --model {meta['base_model']}")
+    check_base(meta, base, f"{prompt_dir}: prompt", f"pass --model {meta['base_model']}")
     try:
         with warnings.catch_warnings():
             # peft warns "base_model_name_or_path was renamed" on every load onto a model built from a config

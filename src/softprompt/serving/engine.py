@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from softprompt.ensemble import PromptEnsemble, read_prompt_vectors
+from softprompt.ensemble import PromptEnsemble, prompt_tensor
 from softprompt.errors import SoftpromptError
 from softprompt.evaluation import (
     Encoding,
@@ -25,7 +25,7 @@ from softprompt.evaluation import (
     trained_encoding,
 )
 from softprompt.models import Base
-from softprompt.prompt import read_meta
+from softprompt.prompt import check_base, read_meta
 from softprompt.tasks.base import Task
 
 
@@ -49,24 +49,18 @@ class ServedPrompt:
         return self.vectors.numel() * self.vectors.element_size()
 
 
-class BaseMismatch(SoftpromptError):
-    """A prompt trained on another base model than the one served."""
-
-
 def load_served_prompt(base: Base, task_name: str, prompt_dir: str | Path, version: str) -> ServedPrompt:
-    """Read a prompt directory for `task_name`, refusing one trained on another base or for another task."""
+    """Read a prompt directory for `task_name`, refusing one trained on another base (`BaseMismatch`) or for
+    another task."""
     from softprompt.tasks import get_task
 
     meta = read_meta(prompt_dir)
-    if meta["base_fingerprint"] != base.fingerprint:
-        raise BaseMismatch(f"{task_name} {version}: trained on base {meta['base_model']!r} "
-                           f"({meta['base_fingerprint'][:19]}…), but the server runs {base.name!r} "
-                           f"({base.fingerprint[:19]}…); retrain it on the served base")
+    check_base(meta, base, f"{task_name} {version}", "retrain it on the served base")
     if meta.get("task") not in (None, task_name):
         raise SoftpromptError(f"{task_name} {version}: the prompt was trained for task {meta['task']!r}")
-    vectors, _ = read_prompt_vectors(base, prompt_dir)
     task = get_task(task_name, taskless=bool((meta.get("train") or {}).get("taskless", False)))
-    return ServedPrompt(task, version, vectors, trained_encoding(base.tokenizer, meta), meta)
+    return ServedPrompt(task, version, prompt_tensor(base, prompt_dir, meta), trained_encoding(base.tokenizer, meta),
+                        meta)
 
 
 @dataclass

@@ -16,8 +16,9 @@ from typing import Any
 
 from softprompt.errors import SoftpromptError
 from softprompt.models import Base
+from softprompt.prompt import BaseMismatch
 from softprompt.serving.batcher import MicroBatcher
-from softprompt.serving.engine import BaseMismatch, PromptSet, Row, load_served_prompt
+from softprompt.serving.engine import PromptSet, Row, load_served_prompt
 from softprompt.serving.metrics import ServeMetrics
 from softprompt.serving.requests import Limits
 from softprompt.serving.source import RegistrySource
