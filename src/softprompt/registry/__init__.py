@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from softprompt.config import Policy, RegistryConfig, choices, default_of
+from softprompt.config import Policy, RegistryConfig, check_choice, default_of
 from softprompt.errors import SoftpromptError
 from softprompt.io import copy_dir
 
@@ -165,7 +165,8 @@ def register(repo: str | Path | None, task: str, prompt_dir: str | Path, metrics
     from softprompt.prompt import read_meta
 
     settings = settings or Settings.load()
-    policy = _policy(policy or settings.promote)
+    policy = policy or settings.promote
+    check_choice(Policy, policy, "--promote")
     root, task = repo_root(repo), check_task(task)
     meta = read_meta(prompt_dir)
     if meta.get("task") not in (None, task):
@@ -191,12 +192,6 @@ def register(repo: str | Path | None, task: str, prompt_dir: str | Path, metrics
         promoted, reason = _promote_locked(root, task, number, policy, settings)
     return Registration(task, number, version_tag(task, number), md5, record["main_metric"], record["value"],
                         promoted, reason)
-
-
-def _policy(policy: str) -> str:
-    if policy not in choices(Policy):
-        raise SoftpromptError(f"--promote {policy!r}: choose one of {', '.join(choices(Policy))}")
-    return policy
 
 
 def _already_registered(known: Version, content_md5: str, metrics: tuple[str, float, dict[str, Any]],

@@ -12,7 +12,7 @@ from typing import Any
 
 from softprompt.errors import SoftpromptError
 from softprompt.io import atomic_write_bytes
-from softprompt.registry.versions import Version, artifact, semver
+from softprompt.registry.versions import Version
 
 PLOT_SUFFIX = ".png"
 
@@ -25,7 +25,7 @@ def rows(found: list[Version], stage: str) -> list[dict[str, Any]]:
 def row(version: Version, stage: str) -> dict[str, Any]:
     meta = version.meta
     metrics = meta.get("metrics") or {version.main_metric: version.value}  # versions before metrics were recorded
-    return {"version": version.name, "tag": f"{artifact(version.task)}@{semver(version.number)}",
+    return {"version": version.name, "tag": version.tag,
             "registered_at": version.registered_at, "main_metric": version.main_metric, "value": version.value,
             "metrics": metrics, "data": data_label(meta), "run_id": version.run_id,
             "stage": stage if version.production else "", "production": version.production}

@@ -11,12 +11,12 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-import subprocess
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from softprompt.errors import SoftpromptError
+from softprompt.registry import git as gitrepo
 
 log = logging.getLogger(__name__)
 
@@ -39,27 +39,18 @@ class RegistrySource:
         # The pulled prompts (and a clone of a registry URL) live here while the server runs.
         self._tmp = tempfile.TemporaryDirectory(prefix="softprompt-serve-")
         self._worker: ProcessPoolExecutor | None = None
-        self._signature: str | None = None  # the registry's tags at the last check
+        self._signature: list[tuple[str, str, str]] | None = None  # the registry's tags at the last check
         self.cache = Path(self._tmp.name) / "prompts"
         if self.url:
-            self.root = Path(self._tmp.name) / "registry"
-            self._git("clone", "-q", self.url, str(self.root), cwd=None)
+            self.root = gitrepo.clone(self.url, Path(self._tmp.name) / "registry")
         else:
             self.root = repo_root(registry)
-
-    def _git(self, *args: str, cwd: Path | None) -> None:
-        from softprompt.registry import authenticated
-
-        args = tuple(authenticated(a) if a == self.url else a for a in args)
-        proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise SoftpromptError(f"registry {self.url}: git {args[0]} failed: {proc.stderr.strip()[-300:]}")
 
     def refresh(self) -> None:
         """Bring a cloned registry up to date (a checkout is read as it is)."""
         if self.url:
-            self._git("fetch", "-q", "--force", "--tags", "origin", cwd=self.root)
-            self._git("reset", "-q", "--hard", "FETCH_HEAD", cwd=self.root)
+            gitrepo.git(self.root, "fetch", "-q", "--force", "--tags", "origin")
+            gitrepo.git(self.root, "reset", "-q", "--hard", "FETCH_HEAD")
 
     def changed(self) -> bool:
         """Whether the registry's tags changed since the last call (always True with a gs:// pointer).
@@ -69,11 +60,10 @@ class RegistrySource:
         """
         if self.settings.remote_url().startswith("gs://"):
             return True
-        proc = subprocess.run(["git", "-C", str(self.root), "for-each-ref", "--format=%(objectname) %(refname)",
-                               "refs/tags"], capture_output=True, text=True)
-        if proc.returncode == 0 and proc.stdout == self._signature:
+        signature = gitrepo.tags(self.root)
+        if signature == self._signature:
             return False
-        self._signature = proc.stdout if proc.returncode == 0 else None
+        self._signature = signature
         return True
 
     def forget(self) -> None:
