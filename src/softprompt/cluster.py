@@ -138,7 +138,7 @@ def accelerator_request(name: str, params: dict[str, Any] | None = None) -> dict
     if RESOURCES.get(spec["resource"]) == "tpu":
         count = tpu_chips_per_host(name, spec)
     return {"resource": spec["resource"], "count": count, "node_selector": dict(spec["node_selector"]),
-            "taint": dict(spec["taint"]), "image": image(spec.get("image", "cuda"), params)}
+            "taint": dict(spec["taint"]), "image": image(spec.get("image", BASE_VARIANT), params)}
 
 
 def topology_chips(topology: str) -> int:

@@ -14,33 +14,33 @@ from typing import Any
 
 import yaml
 
+from softprompt.cluster import accelerator_request
 from softprompt.config import component_image, load_params
-from softprompt.errors import SoftpromptError
 
 NAME = "softprompt"
 SECRET_DIR = "/var/secrets/registry-git"
 REGISTRY_PLACEHOLDER = "${REGISTRY_REPO}"  # envsubst fills it in, as for the secret templates
 
 
-def placement(cluster: dict[str, Any]) -> dict[str, Any]:
-    """Node selector, tolerations and accelerator limits of `cluster.accelerator` (nothing for none)."""
+def placement(params: dict[str, Any]) -> dict[str, Any]:
+    """Node selector, tolerations and accelerator limits of `cluster.accelerator` (the CPU pool for none): the
+    pipeline steps' placement (softprompt.cluster.accelerator_request)."""
+    cluster = params["cluster"]
     name = cluster.get("accelerator") or "none"
     if name == "none":
         return {"nodeSelector": dict(cluster["cpu_pool"]["node_selector"]), "tolerations": [], "limits": {}}
-    if name not in cluster["accelerators"]:
-        raise SoftpromptError(f"cluster.accelerator {name!r} is not one of {', '.join(cluster['accelerators'])}")
-    spec = cluster["accelerators"][name]
-    taint = spec["taint"]
-    return {"nodeSelector": dict(spec["node_selector"]),
+    pool = accelerator_request(name, params)
+    taint = pool["taint"]
+    return {"nodeSelector": pool["node_selector"],
             "tolerations": [{"key": taint["key"], "operator": "Equal", "value": taint["value"],
                              "effect": taint["effect"]}],
-            "limits": {spec["resource"]: str(int(cluster["accelerator_count"]))}}
+            "limits": {pool["resource"]: str(pool["count"])}}
 
 
 def inference_service(params: dict[str, Any] | None = None) -> dict[str, Any]:
     params = params or load_params()
     cluster, serve = params["cluster"], params["serve"]
-    where = placement(cluster)
+    where = placement(params)
     heavy = cluster["resources"]["heavy"]
     git = cluster["secrets"]["registry_git"]
     port = int(serve["port"])
