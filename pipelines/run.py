@@ -21,7 +21,7 @@ from typing import Annotated, Any
 
 import typer
 
-from softprompt.cli import run_app, setting
+from softprompt.cli import Model, run_app, setting
 from softprompt.config import load_params
 from softprompt.errors import SoftpromptError
 
@@ -376,7 +376,6 @@ Profile = Annotated[str | None, typer.Option(envvar="PROFILE", show_envvar=False
 Spec = Annotated[Path, typer.Option(help="Where the compiled spec is written.")]
 Task = Annotated[str | None, setting("pipeline.task", doc="Task to tune for.")]
 Data = Annotated[str | None, setting("pipeline.data", doc="Task data: a directory or gs:// prefix ('' = the Hub).")]
-Model = Annotated[str | None, setting("model", doc="Base model: a Hub id, a directory, gs://, or tiny.")]
 Param = Annotated[list[str] | None, typer.Option("--param", help="Any other pipeline parameter, KEY=VALUE "
                                                                  "(repeatable).")]
 

@@ -107,6 +107,22 @@ def test_errors_are_one_line_and_exit_non_zero(args, message):
     assert proc.stderr.strip().splitlines()[-1] == errors[0]
 
 
+def test_ctrl_c_exits_130_and_says_how_to_resume(monkeypatch, capsys, tmp_path):
+    import softprompt.training
+    from softprompt import cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(softprompt.training, "train", interrupted)
+    monkeypatch.setattr(sys, "argv", ["softprompt", "train", "--task", "rte", "--model", "tiny",
+                                      "--output", str(tmp_path / "p")])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    assert e.value.code == 130
+    assert "rerun the same command to resume from the last checkpoint" in capsys.readouterr().err
+
+
 def test_unreadable_params_yaml_is_one_error_line(tmp_path):
     missing = tmp_path / "params.yaml"
     proc = subprocess.run([*CLI, "tasks"], capture_output=True, text=True, cwd=REPO,

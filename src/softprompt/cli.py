@@ -596,26 +596,24 @@ def transfer(
 def serve(
     registry: Annotated[str, typer.Option(help="The prompt registry: a checkout (directory) or a git URL (cloned, "
                                                "fetched on every check).")],
-    model: Annotated[str | None, typer.Option(help="The frozen base every prompt must have been trained on (Hub "
-                                                   "id, directory, gs:// URI or `tiny`; default params.yaml "
-                                                   "model).")] = None,
+    model: Annotated[str | None, setting("model", doc="The frozen base every prompt must have been trained on (Hub "
+                                                      "id, directory, gs:// URI or `tiny`).")] = None,
     tasks: Annotated[str | None, typer.Option(help="Comma-separated tasks to serve, e.g. rte,cb (default: every "
                                                    "task with a production prompt, and new ones when promoted).")]
     = None,
-    host: Annotated[str | None, typer.Option(help="Address to listen on (default serve.host).")] = None,
-    port: Annotated[int | None, typer.Option(help="HTTP port (default serve.port).")] = None,
-    max_batch_size: Annotated[int | None, typer.Option(help="Rows per model pass, across tasks (default "
-                                                            "serve.max_batch_size).")] = None,
-    max_wait_ms: Annotated[float | None, typer.Option(help="How long a batch waits for more rows (default "
-                                                           "serve.max_wait_ms).")] = None,
-    poll_interval: Annotated[float | None, typer.Option(help="Seconds between registry checks for promotions "
-                                                             "(default serve.poll_interval_s).")] = None,
+    host: Annotated[str | None, setting("serve.host", doc="Address to listen on.")] = None,
+    port: Annotated[int | None, setting("serve.port", doc="HTTP port.")] = None,
+    max_batch_size: Annotated[int | None, setting("serve.max_batch_size",
+                                                  doc="Rows per model pass, across tasks.")] = None,
+    max_wait_ms: Annotated[float | None, setting("serve.max_wait_ms",
+                                                 doc="How long a batch waits for more rows.")] = None,
+    poll_interval: Annotated[float | None, setting("serve.poll_interval_s", "--poll-interval",
+                                                   doc="Seconds between registry checks for promotions.")] = None,
 ) -> None:
     """Serve every task's production prompt from one frozen model over HTTP (KServe v1/v2 routes, /metrics)."""
-    from softprompt.config import load_params
     from softprompt.serving import serve as run_serve
 
-    run_serve(model or load_params()["model"], registry, tasks, host=host, port=port, max_batch_size=max_batch_size,
+    run_serve(model or param_value("model"), registry, tasks, host=host, port=port, max_batch_size=max_batch_size,
               max_wait_ms=max_wait_ms, poll_interval_s=poll_interval)
 
 
@@ -639,7 +637,10 @@ def run_app(application: typer.Typer, argv: list[str] | None = None) -> int:
 
 def main() -> None:
     quiet_libraries()
-    sys.exit(run_app(app))
+    status = run_app(app)
+    if status == 130:  # Ctrl-C (typer's status for it)
+        typer.echo("interrupted; rerun the same command to resume from the last checkpoint", err=True)
+    sys.exit(status)
 
 
 if __name__ == "__main__":
