@@ -155,6 +155,11 @@ def default_of(cls: type, name: str) -> Any:
     return None if found.default is MISSING else found.default
 
 
+def _positive(name: str, value: Any) -> None:
+    if not isinstance(value, int) or value < 1:
+        raise SoftpromptError(f"{name}: must be a positive integer, got {value!r}")
+
+
 def _check(condition: bool, name: str, message: str) -> None:
     if not condition:
         raise SoftpromptError(f"{name}: {message}")
@@ -212,8 +217,7 @@ class TrainConfig:
         check_choice(Method, self.method, "method")
         for name in ("steps", "batch_size", "eval_every", "grad_accumulation", "max_source_length",
                      "max_target_length"):
-            value = getattr(self, name)
-            _check(isinstance(value, int) and value >= 1, name, f"must be a positive integer, got {value!r}")
+            _positive(name, getattr(self, name))
         _check(self.batch_size % self.grad_accumulation == 0, "batch_size",
                f"{self.batch_size} is not divisible by grad_accumulation {self.grad_accumulation}")
         _check(self.early_stopping_patience >= 0, "early_stopping_patience", "must be >= 0")
@@ -329,11 +333,6 @@ class LMAdaptConfig:
         if self.objective == "prefix-lm":
             skip |= {"noise_density", "mean_noise_span_length"}
         return {k: v for k, v in asdict(self).items() if k not in skip}
-
-
-def _positive(name: str, value: Any) -> None:
-    if not isinstance(value, int) or value < 1:
-        raise SoftpromptError(f"{name}: must be a positive integer, got {value!r}")
 
 
 _V = _defaults("validate")

@@ -36,9 +36,15 @@ from softprompt import __version__, xla
 from softprompt.config import LMAdaptConfig
 from softprompt.corpus import Corpus, document_segments, open_corpus, segments
 from softprompt.errors import SoftpromptError
-from softprompt.io import atomic_dir, copy_dir, copy_logs, write_json
+from softprompt.io import copy_dir
 from softprompt.models import Base, load_base, sentinel_id
-from softprompt.training import TENSORBOARD_DIR, adafactor, close_tensorboard, training_arguments
+from softprompt.training import (
+    TENSORBOARD_DIR,
+    adafactor,
+    close_tensorboard,
+    save_checkpoint,
+    training_arguments,
+)
 
 log = logging.getLogger(__name__)
 
@@ -331,7 +337,8 @@ def lm_adapt(
     meta = {"key": key, **meta, "corpus": {"spec": corpus_spec, **corpus.identity()},
             "validation_corpus": validation_corpus, "mixture": mixture.identity() if mixture else None}
     if trainer.is_world_process_zero():  # one writer under multi-GPU and on TPU chips
-        _save(xla.to_host(trainer.model), base.tokenizer, meta, store, ckpt / TENSORBOARD_DIR)
+        save_checkpoint(xla.to_host(trainer.model), base.tokenizer, store, METRICS_FILE, meta,
+                        ckpt / TENSORBOARD_DIR)
         if store != target:
             copy_dir(store, target)
     if not keep_checkpoints:
@@ -409,16 +416,6 @@ def _train(base: Base, corpus: Corpus, val_corpus: Corpus | None, cfg: LMAdaptCo
         "tokens_per_second": round(tokens / seconds, 1) if seconds > 0 else None,
         "placement": xla.placement(trainer.model),
     }
-
-
-def _save(model: Any, tokenizer: PreTrainedTokenizerBase, meta: dict[str, Any], output: Path,
-          logs: Path | None = None) -> None:
-    """The checkpoint (weights, config, tokenizer), its metrics and TensorBoard logs, in one atomic rename."""
-    with atomic_dir(output) as tmp:
-        model.save_pretrained(str(tmp))
-        tokenizer.save_pretrained(str(tmp))
-        write_json(tmp / METRICS_FILE, meta)
-        copy_logs(logs, tmp)
 
 
 def lm_adapt_summary(meta: dict[str, Any]) -> dict[str, Any]:

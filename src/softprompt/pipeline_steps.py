@@ -268,7 +268,7 @@ def log_metrics(artifact: Any, values: dict[str, Any]) -> None:
     for key, value in values.items():
         if isinstance(value, int | float) and not isinstance(value, bool):
             artifact.log_metric(key, value)
-    write_json(artifact.path, artifact.metadata)
+    write_artifact_file(artifact)
 
 
 def write_artifact_file(artifact: Any) -> None:

@@ -222,6 +222,11 @@ def evaluation_page(result: dict[str, Any], wrong: Sequence[dict[str, Any]]) -> 
 # ------------------------------------------------------------------------------------------- validation
 
 
+def verdict_cell(success: bool) -> tuple[str, str]:
+    """A table cell (value, css class) that reads pass or FAIL."""
+    return ("pass", "pass") if success else ("FAIL", "fail")
+
+
 def validation_page(report: dict[str, Any]) -> str:
     """Every expectation with its result and sample offending rows; failures first."""
     stats = report["statistics"]
@@ -233,10 +238,9 @@ def validation_page(report: dict[str, Any]) -> str:
                   else str(c.get("observed_share", c.get("observed_value", ""))))
         examples = "; ".join(show_example(e) for e in c.get("examples", []))
         rows.append((c["split"], c["check"], c.get("column") or "", c["expectation"], c.get("description") or "",
-                     ("pass" if c["success"] else "FAIL", "pass" if c["success"] else "fail"), counts,
+                     verdict_cell(c["success"]), counts,
                      (c.get("error") or examples, "text")))
-    splits = [(s, i["file"], i["rows"], i["unreadable_lines"], ("pass" if i["success"] else "FAIL",
-                                                                 "pass" if i["success"] else "fail"))
+    splits = [(s, i["file"], i["rows"], i["unreadable_lines"], verdict_cell(i["success"]))
               for s, i in report["splits"].items()]
     parts = [f'<p class="{"pass" if report["success"] else "fail"}">{verdict}: '
              f"{stats['successful_expectations']} of {stats['evaluated_expectations']} expectations met</p>",

@@ -365,10 +365,17 @@ def training_summary(meta: dict[str, Any]) -> dict[str, Any]:
 
 def save_full_model(model: Any, base: Base, output: Path, meta: dict[str, Any], logs: Path | None = None) -> None:
     """A tuned model as a normal transformers checkpoint (usable as --model), with softprompt.json."""
+    save_checkpoint(model, base.tokenizer, output, META_FILE, meta, logs)
+
+
+def save_checkpoint(model: Any, tokenizer: Any, output: Path, meta_file: str, meta: dict[str, Any],
+                    logs: Path | None = None) -> None:
+    """Weights, config and tokenizer, the run's record as `meta_file` and its TensorBoard `logs`, in one atomic
+    rename (a tuned model here, an LM-adapted base in softprompt.lm_adapt)."""
     with atomic_dir(output) as tmp:
         model.save_pretrained(str(tmp))
-        base.tokenizer.save_pretrained(str(tmp))
-        write_json(tmp / META_FILE, meta)
+        tokenizer.save_pretrained(str(tmp))
+        write_json(tmp / meta_file, meta)
         copy_logs(logs, tmp)
 
 

@@ -144,15 +144,6 @@ def to_host(model: torch.nn.Module) -> torch.nn.Module:
     return model.to("cpu") if available() else model
 
 
-def is_first_process() -> bool:
-    """The process that writes outputs: the only one, or chip 0's."""
-    if not available():
-        return True
-    import torch_xla.runtime as xr
-
-    return xr.global_ordinal() == 0
-
-
 @contextlib.contextmanager
 def _env(name: str, value: str) -> Iterator[None]:
     old = os.environ.get(name)
