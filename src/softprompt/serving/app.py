@@ -22,7 +22,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from softprompt.serving.engine import Row
 from softprompt.serving.metrics import UNSERVED
-from softprompt.serving.requests import RequestError, check_instances, check_mode, input_fields, v2_instances
+from softprompt.serving.requests import (
+    V2_DATATYPES,
+    RequestError,
+    check_instances,
+    check_mode,
+    input_fields,
+    v2_instances,
+)
 from softprompt.serving.server import PromptServer
 
 log = logging.getLogger("softprompt.serve")
@@ -243,8 +250,8 @@ def create_app(server: PromptServer, close_on_shutdown: bool = False) -> FastAPI
 
     def metadata(prompt: Any) -> dict[str, Any]:
         task = prompt.task
-        inputs = [{"name": name, "datatype": "BYTES" if task.fields[name] == "str" else task.fields[name].upper(),
-                   "shape": [-1]} for name in input_fields(task)]
+        inputs = [{"name": name, "datatype": V2_DATATYPES.get(task.fields[name], (task.fields[name].upper(),))[0],
+                   "shape": [-1]} for name in input_fields(task)]  # a list or dict field: only v1 carries it
         outputs = [{"name": "label", "datatype": "BYTES", "shape": [-1]},
                    {"name": "class", "datatype": "INT64", "shape": [-1]},
                    {"name": "version", "datatype": "BYTES", "shape": [-1]}]

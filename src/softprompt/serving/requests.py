@@ -21,10 +21,10 @@ MODES = ("generate", "rank")
 _PROBES: dict[str, tuple[Any, Any]] = {"str": ("alpha beta gamma", "delta epsilon zeta"), "int": (0, 1),
                                        "bool": (False, True), "float": (0.0, 1.0),
                                        "list": ([], ["alpha"]), "dict": ({}, {"alpha": 1})}
-# v2 (Open Inference Protocol) tensor datatypes a field kind accepts.
+# v2 (Open Inference Protocol) tensor datatypes a field kind accepts; the first is the one model metadata names.
 V2_DATATYPES: dict[str, tuple[str, ...]] = {
     "str": ("BYTES",), "bool": ("BOOL",), "float": ("FP32", "FP64"),
-    "int": ("INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"),
+    "int": ("INT64", "INT8", "INT16", "INT32", "UINT8", "UINT16", "UINT32", "UINT64"),
 }
 
 
