@@ -114,8 +114,10 @@ def production_numbers(repo: Path, stage: str | None = None) -> dict[str, int]:
     return stage_numbers(gitrepo.tags(repo), _stage(stage))
 
 
-def get_version(repo: Path, task: str, number: int, stage: str | None = None) -> Version:
-    found = versions(repo, task, stage)
+def get_version(repo: Path, task: str, number: int, stage: str | None = None,
+                found: list[Version] | None = None) -> Version:
+    """Version `number` of `task` (among `found`, the task's versions when the caller has read them)."""
+    found = versions(repo, task, stage) if found is None else found
     for v in found:
         if v.number == number:
             return v
@@ -124,9 +126,11 @@ def get_version(repo: Path, task: str, number: int, stage: str | None = None) ->
                           "see `softprompt registry list`")
 
 
-def production(repo: Path, task: str, stage: str | None = None) -> Version | None:
-    number = production_numbers(repo, stage).get(task)
-    return get_version(repo, task, number, stage) if number else None
+def production(repo: Path, task: str, stage: str | None = None,
+               found: list[Version] | None = None) -> Version | None:
+    """The task's version in `stage` (among `found`, as for get_version), or None."""
+    found = versions(repo, task, stage) if found is None else found
+    return next((v for v in found if v.production), None)
 
 
 def list_versions(repo: str | Path | None, task: str | None = None, stage: str | None = None) -> list[Version]:
@@ -217,8 +221,10 @@ def promote(repo: str | Path | None, task: str, version: str | int, force: bool 
 def _promote_locked(root: Path, task: str, number: int, policy: str, settings: Settings) -> tuple[bool, str]:
     if policy == "never":
         return False, "promotion disabled (--promote never)"
-    candidate = get_version(root, task, number, settings.stage)
-    ok, reason = gate(candidate, production(root, task, settings.stage), settings.promotion_margin, policy == "force")
+    found = versions(root, task, settings.stage)  # read once: the candidate and the current production
+    candidate = get_version(root, task, number, settings.stage, found)
+    ok, reason = gate(candidate, production(root, task, settings.stage, found), settings.promotion_margin,
+                      policy == "force")
     if ok and settings.remote_url().startswith("gs://"):
         from softprompt.registry.gcs_pointer import swap_production
 
