@@ -68,6 +68,12 @@ Profile = Annotated[str | None, typer.Option(
     help="A profile of params.yaml (smoke, local, paper) whose values replace the defaults.")]
 Model = Annotated[str | None, setting(
     "model", doc="Base model: a Hub id, a local directory, a gs:// URI, or `tiny`.")]
+Device = Annotated[str | None, setting(
+    "inference.device", "--device", doc="Where the model runs: auto (cuda, else xla when PJRT_DEVICE is set, else "
+                                        "cpu), cpu, cuda, cuda:N or xla.")]
+Dtype = Annotated[str | None, setting(
+    "inference.dtype", "--dtype", doc="The base's weights: auto (bfloat16 where the device computes it natively, "
+                                      "else float32), float32 or bfloat16.")]
 
 
 def profile_for(profile: str | None, model: str | None) -> str | None:
@@ -175,6 +181,8 @@ def evaluate(
     profile: Profile = None,
     taskless: Annotated[bool | None, typer.Option("--taskless/--with-task-prefix",
                                                   help="Drop the task-name prefix (default: as trained).")] = None,
+    device: Device = None,
+    dtype: Dtype = None,
 ) -> None:
     """Evaluate a prompt (or a tuned model, or a zero-/few-shot instruction) and print the task's metrics."""
     from softprompt.evaluation import run_evaluation
@@ -193,7 +201,7 @@ def evaluate(
         result = run_evaluation(task, output, prompt=prompt, model=model, data=data, mode=cfg.mode, split=cfg.split,
                                 batch_size=cfg.batch_size, method=method.value, limit=limit, taskless=taskless,
                                 shots=shots if shots is not None else cfg.shots if method == EvalMethod.design else 0,
-                                seed=params["train"]["seed"] if seed is None else seed)
+                                seed=params["train"]["seed"] if seed is None else seed, device=device, dtype=dtype)
     typer.echo(json.dumps({k: v for k, v in result.items() if k != "confusion_matrix"}, indent=2))
     typer.echo(f"wrote {output}")
 
@@ -519,6 +527,8 @@ def ensemble(
                                                                      "replicated once per prompt).")] = None,
     limit: Annotated[int | None, typer.Option(help="Evaluate only the first N examples.")] = None,
     profile: Profile = None,
+    device: Device = None,
+    dtype: Dtype = None,
 ) -> None:
     """Evaluate N prompts in one batched pass and majority-vote them (paper, Table 3)."""
     from softprompt.ensemble import markdown_table, run_ensemble
@@ -526,7 +536,7 @@ def ensemble(
     cfg = from_section(EvalConfig, load_params(profile)["eval"], mode=mode and mode.value, batch_size=batch_size,
                        split=split)
     summary = run_ensemble(task, prompt, output, data=data, model=model, split=cfg.split, mode=cfg.mode,
-                           batch_size=cfg.batch_size, limit=limit)
+                           batch_size=cfg.batch_size, limit=limit, device=device, dtype=dtype)
     typer.echo(markdown_table(summary))
     typer.echo(f"wrote {output}")
 
@@ -542,12 +552,14 @@ def neighbors(
                                      doc="Nearest vocabulary tokens to list per position.")] = None,
     label: Annotated[list[str] | None, typer.Option(help="A class label to look for among the neighbours; repeat "
                                                          "for each (default: the prompt's task labels).")] = None,
+    device: Device = None,
+    dtype: Dtype = None,
 ) -> None:
     """List the nearest vocabulary tokens of every prompt position (paper, section 7)."""
     from softprompt.interpret import run_neighbors
 
     k = k if k is not None else param_value("interpret.neighbors")
-    result = run_neighbors(prompt, output, model=model, k=k, labels=label or None)
+    result = run_neighbors(prompt, output, model=model, k=k, labels=label or None, device=device, dtype=dtype)
     typer.echo(f"{result['positions_with_label']} of {result['prompt_length']} positions have a class label "
                f"among their top-{k} neighbours")
     typer.echo(f"wrote {output}")
@@ -575,6 +587,8 @@ def transfer(
     limit: Annotated[int | None, typer.Option(help="Evaluate only the first N examples of each task.")] = None,
     skip_source: Annotated[bool, typer.Option(help="Do not evaluate the source task's validation split.")] = False,
     profile: Profile = None,
+    device: Device = None,
+    dtype: Dtype = None,
 ) -> None:
     """Evaluate a prompt on its source task and zero-shot on related tasks (paper, Tables 1 and 2)."""
     from softprompt.transfer import markdown_table, run_transfer
@@ -587,7 +601,7 @@ def transfer(
     cfg = from_section(EvalConfig, load_params(profile)["eval"], mode=mode and mode.value, batch_size=batch_size)
     report = run_transfer(prompt, source_task, list(zip(target_task, dirs)), output, source_data=source_data,
                           model=model, mode=cfg.mode, batch_size=cfg.batch_size, limit=limit,
-                          skip_source=skip_source)
+                          skip_source=skip_source, device=device, dtype=dtype)
     typer.echo(markdown_table(report))
     typer.echo(f"wrote {output}")
 
@@ -609,12 +623,14 @@ def serve(
                                                  doc="How long a batch waits for more rows.")] = None,
     poll_interval: Annotated[float | None, setting("serve.poll_interval_s", "--poll-interval",
                                                    doc="Seconds between registry checks for promotions.")] = None,
+    device: Device = None,
+    dtype: Dtype = None,
 ) -> None:
     """Serve every task's production prompt from one frozen model over HTTP (KServe v1/v2 routes, /metrics)."""
     from softprompt.serving import serve as run_serve
 
-    run_serve(model or param_value("model"), registry, tasks, host=host, port=port, max_batch_size=max_batch_size,
-              max_wait_ms=max_wait_ms, poll_interval_s=poll_interval)
+    run_serve(model or param_value("model"), registry, tasks, device=device, dtype=dtype, host=host, port=port,
+              max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, poll_interval_s=poll_interval)
 
 
 def run_app(application: typer.Typer, argv: list[str] | None = None) -> int:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from softprompt.device import choose_placement, model_device
 from softprompt.errors import SoftpromptError
 from softprompt.evaluation import (
     Encoding,
@@ -38,18 +39,19 @@ class PromptEnsemble(torch.nn.Module):
     With it, row r is input r under prompt `prompt_index[r]` (the server's mixed-task batches). Prompts of
     different lengths are left-padded to the longest with masked positions: T5's position bias is relative,
     so the padding changes neither the distances between a row's prompt and its tokens nor its outputs.
+    The prompts are kept on the model's device in its dtype; the ids, masks and labels passed in are moved there.
     """
 
     def __init__(self, model: Any, prompts: torch.Tensor | Sequence[torch.Tensor]) -> None:
         super().__init__()
         self.model = model
-        dtype = next(model.parameters()).dtype
+        weight = next(model.parameters())
         vectors = list(prompts)
         longest = max(v.shape[0] for v in vectors)
-        padded = torch.zeros(len(vectors), longest, vectors[0].shape[1], dtype=dtype)
-        mask = torch.zeros(len(vectors), longest, dtype=torch.long)
+        padded = torch.zeros(len(vectors), longest, vectors[0].shape[1], dtype=weight.dtype, device=weight.device)
+        mask = torch.zeros(len(vectors), longest, dtype=torch.long, device=weight.device)
         for i, v in enumerate(vectors):
-            padded[i, longest - v.shape[0]:] = v.to(dtype)
+            padded[i, longest - v.shape[0]:] = v.to(device=weight.device, dtype=weight.dtype)
             mask[i, longest - v.shape[0]:] = 1
         self.register_buffer("prompts", padded)  # N x P x d
         self.register_buffer("prompt_mask", mask)  # N x P
@@ -60,12 +62,15 @@ class PromptEnsemble(torch.nn.Module):
 
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
               prompt_index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The rows [prompt ; embeddings of the input] and their attention mask (N*B rows without an index)."""
+        """The rows [prompt ; embeddings of the input] and their attention mask (N*B rows without an index), on
+        the prompts' device."""
+        device = self.prompts.device
+        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
         if prompt_index is None:
             n, batch = self.num_prompts, input_ids.shape[0]
             input_ids, attention_mask = input_ids.repeat(n, 1), attention_mask.repeat(n, 1)
-            prompt_index = torch.arange(n).repeat_interleave(batch)
-        prompt_index = prompt_index.to(self.prompts.device)
+            prompt_index = torch.arange(n, device=device).repeat_interleave(batch)
+        prompt_index = prompt_index.to(device)
         tokens = self.model.get_input_embeddings()(input_ids)
         mask = torch.cat([self.prompt_mask[prompt_index].to(attention_mask.dtype), attention_mask], dim=1)
         return torch.cat([self.prompts[prompt_index], tokens], dim=1), mask
@@ -80,7 +85,7 @@ class PromptEnsemble(torch.nn.Module):
                 prompt_index: torch.Tensor | None = None) -> Any:
         """`labels` has one row per output row (N*B in prompt-major order without an index)."""
         embeds, mask = self.embed(input_ids, attention_mask, prompt_index)
-        return self.model(inputs_embeds=embeds, attention_mask=mask, labels=labels)
+        return self.model(inputs_embeds=embeds, attention_mask=mask, labels=labels.to(embeds.device))
 
 
 def read_prompt_vectors(base: Base, prompt_dir: str | Path) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -121,13 +126,12 @@ def ensemble_generate(ens: PromptEnsemble, encoding: Encoding, examples: Sequenc
     ens.eval()
     out: list[list[str]] = [[] for _ in range(ens.num_prompts)]
     extra = 1 if encoding.target_sentinel else 0
-    device = next(ens.model.parameters()).device
     for start in tqdm(range(0, len(examples), batch_size), desc="ensemble", disable=not progress, leave=False):
         chunk = examples[start:start + batch_size]
         enc = encoding.source_ids([e.inputs for e in chunk])
-        ids = ens.generate(enc["input_ids"].to(device), enc["attention_mask"].to(device),
-                           max_new_tokens=max_new_tokens + extra, do_sample=False, num_beams=1)
-        texts = [postprocess(t) for t in encoding.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+        ids = ens.generate(enc["input_ids"], enc["attention_mask"], max_new_tokens=max_new_tokens + extra,
+                           do_sample=False, num_beams=1)
+        texts = [postprocess(t) for t in encoding.tokenizer.batch_decode(ids.cpu(), skip_special_tokens=True)]
         for p in range(ens.num_prompts):
             out[p].extend(texts[p * len(chunk):(p + 1) * len(chunk)])
     return out
@@ -140,15 +144,15 @@ def ensemble_rank(ens: PromptEnsemble, encoding: Encoding, examples: Sequence[Ex
     ens.eval()
     pad = encoding.tokenizer.pad_token_id
     targets = label_targets(encoding, labels)
-    device = next(ens.model.parameters()).device
+    device = model_device(ens.model)
     out: list[list[str]] = [[] for _ in range(ens.num_prompts)]
     per_batch = max(1, batch_size // len(labels))
     for start in tqdm(range(0, len(examples), per_batch), desc="ensemble", disable=not progress, leave=False):
         chunk = examples[start:start + per_batch]
         enc = encoding.source_ids([e.inputs for e in chunk])
         # rows (example, label) example-major; the ensemble then repeats them prompt-major.
-        ids = enc["input_ids"].repeat_interleave(len(labels), dim=0).to(device)
-        mask = enc["attention_mask"].repeat_interleave(len(labels), dim=0).to(device)
+        ids = enc["input_ids"].repeat_interleave(len(labels), dim=0)
+        mask = enc["attention_mask"].repeat_interleave(len(labels), dim=0)
         lab = targets.repeat(len(chunk) * ens.num_prompts, 1).to(device)
         logits = ens(ids, mask, labels=lab.masked_fill(lab == -100, pad)).logits
         scores = sequence_log_prob(logits, lab).view(ens.num_prompts, len(chunk), len(labels))
@@ -191,8 +195,10 @@ def markdown_table(summary: dict[str, Any]) -> str:
 
 def run_ensemble(task_name: str, prompts: Sequence[str | Path], output: str | Path, data: str | Path | None = None,
                  model: str | None = None, split: str = "validation", mode: str = "generate",
-                 batch_size: int = 32, limit: int | None = None, progress: bool = True) -> dict[str, Any]:
-    """Evaluate N prompts together and write ensemble.json, ensemble.md and predictions.jsonl into `output`."""
+                 batch_size: int = 32, limit: int | None = None, progress: bool = True, device: str | None = None,
+                 dtype: str | None = None) -> dict[str, Any]:
+    """Evaluate N prompts together and write ensemble.json, ensemble.md and predictions.jsonl into `output`; the
+    model runs on `softprompt.device.choose_placement(device, dtype)`, which ensemble.json records."""
     from softprompt.models import load_base
     from softprompt.prompt import read_meta
     from softprompt.tasks import get_task, load_examples
@@ -206,7 +212,7 @@ def run_ensemble(task_name: str, prompts: Sequence[str | Path], output: str | Pa
     taskless = {bool(m.get("train", {}).get("taskless", False)) for m in metas}
     if len(taskless) > 1:
         raise SoftpromptError("some prompts were trained taskless and some with the task prefix; mix one kind")
-    base = load_base(model or metas[0]["base_model"])
+    base = load_base(model or metas[0]["base_model"], placement=choose_placement(device, dtype))
     vectors = torch.stack([read_prompt_vectors(base, p)[0] for p in prompts])
     task = get_task(task_name, taskless=taskless.pop())
     if mode == "rank" and not task.is_classification:
@@ -223,7 +229,8 @@ def run_ensemble(task_name: str, prompts: Sequence[str | Path], output: str | Pa
     combined = [majority_vote([v[i] for v in votes]) for i in range(len(examples))]
     names = [str(p) for p in prompts]
     summary = summarize(task, names, [score(task, v, examples) for v in votes], score(task, combined, examples))
-    summary.update({"split": split, "mode": mode, "base_model": base.name, "num_examples": len(examples)})
+    summary.update({"split": split, "mode": mode, "base_model": base.name, "num_examples": len(examples),
+                    **base.placement.to_json()})
     rows = [{**e.to_json(), "votes": [v[i] for v in votes], "prediction": combined[i]}
             for i, e in enumerate(examples)]
     with atomic_dir(output) as tmp:

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from softprompt import metrics as metric_fns
+from softprompt.device import choose_placement, model_device
 from softprompt.errors import SoftpromptError
 from softprompt.io import write_json, write_jsonl
 from softprompt.models import sentinel_id
@@ -105,14 +106,15 @@ def generate_predictions(model: Any, encoding: Encoding, examples: Sequence[Exam
     """Greedy-decode each example's output text."""
     model.eval()
     tokenizer = encoding.tokenizer
+    device = model_device(model)
     out: list[str] = []
     extra = 1 if encoding.target_sentinel else 0
     for start in tqdm(range(0, len(examples), batch_size), desc="generate", disable=not progress, leave=False):
         batch = encoding.source_ids([e.inputs for e in examples[start:start + batch_size]])
-        generated = model.generate(input_ids=batch["input_ids"].to(_device(model)),
-                                   attention_mask=batch["attention_mask"].to(_device(model)),
+        generated = model.generate(input_ids=batch["input_ids"].to(device),
+                                   attention_mask=batch["attention_mask"].to(device),
                                    max_new_tokens=max_new_tokens + extra, do_sample=False, num_beams=1)
-        out.extend(postprocess(t) for t in tokenizer.batch_decode(generated, skip_special_tokens=True))
+        out.extend(postprocess(t) for t in tokenizer.batch_decode(generated.cpu(), skip_special_tokens=True))
     return out
 
 
@@ -139,6 +141,7 @@ def label_log_likelihoods(model: Any, encoding: Encoding, examples: Sequence[Exa
     pad = encoding.tokenizer.pad_token_id
     targets = label_targets(encoding, labels)
     scores = []
+    device = model_device(model)
     per_batch = max(1, batch_size // len(labels))
     for start in tqdm(range(0, len(examples), per_batch), desc="rank", disable=not progress, leave=False):
         chunk = examples[start:start + per_batch]
@@ -147,7 +150,6 @@ def label_log_likelihoods(model: Any, encoding: Encoding, examples: Sequence[Exa
         input_ids = enc["input_ids"].repeat_interleave(len(labels), dim=0)
         attention = enc["attention_mask"].repeat_interleave(len(labels), dim=0)
         lab = targets.repeat(len(chunk), 1)
-        device = _device(model)
         logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device),
                        labels=lab.masked_fill(lab == -100, pad).to(device)).logits
         scores.append(sequence_log_prob(logits, lab.to(device)).view(len(chunk), len(labels)).cpu())
@@ -213,10 +215,6 @@ def write_results(metrics_path: str | Path, result: dict[str, Any], task: Task, 
     return write_json(metrics_path, result), pred_path
 
 
-def _device(model: Any) -> torch.device:
-    return next(model.parameters()).device
-
-
 def run_evaluation(
     task_name: str,
     output: str | Path,
@@ -232,13 +230,17 @@ def run_evaluation(
     progress: bool = True,
     shots: int = 0,
     seed: int = 0,
+    device: str | None = None,
+    dtype: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate on one split and write metrics JSON plus per-example predictions beside it.
 
     method=prompt: `model` (default: the prompt's recorded base) + `prompt`; method=model: a tuned
     checkpoint given as `model`; method=design: the frozen `model` with the task's text instruction, zero-shot
     or with `shots` training examples (picked by `seed`) in front of the input. A prompt or tuned checkpoint
-    is evaluated with the settings it was trained with (taskless, lengths, target sentinel).
+    is evaluated with the settings it was trained with (taskless, lengths, target sentinel). The model runs
+    where `softprompt.device.choose_placement(device, dtype)` puts it; the metrics JSON records that
+    device and dtype.
     """
     from softprompt.models import load_base
     from softprompt.prompt import load_prompt, read_meta
@@ -248,6 +250,7 @@ def run_evaluation(
         raise SoftpromptError(f"--shots applies to --method design only, not --method {method}")
     if shots < 0:
         raise SoftpromptError(f"--shots must be >= 0, got {shots}")
+    placement = choose_placement(device, dtype)
     meta: dict[str, Any] = {}
     if method == "prompt":
         if prompt is None:
@@ -264,7 +267,7 @@ def run_evaluation(
     examples = load_examples(task, data, split, limit=limit)
     if not examples:
         raise SoftpromptError(f"{task.name}: the {split} split is empty")
-    base = load_base(model)
+    base = load_base(model, placement=placement)
     net: Any = base.model
     encoding = trained_encoding(base.tokenizer, meta)
     if method == "prompt":
@@ -279,6 +282,7 @@ def run_evaluation(
     result = {"task": task.name, "split": split, "mode": mode, "method": method, "base_model": base.name,
               "prompt": str(prompt) if prompt else None, "taskless": taskless,
               "max_source_length": encoding.max_source_length, "target_sentinel": encoding.target_sentinel,
+              **base.placement.to_json(),
               **({"shots": shots, "shots_seed": seed, "shot_ids": [d.idx for d in encoding.demonstrations]}
                  if method == "design" else {}),
               **result}

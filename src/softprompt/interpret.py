@@ -21,13 +21,14 @@ from softprompt.io import atomic_dir, write_json
 
 
 def nearest_tokens(prompt: torch.Tensor, embeddings: torch.Tensor, k: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
-    """P x k token ids and cosine similarities, most similar first."""
+    """P x k token ids and cosine similarities (on the CPU), most similar first. The similarities are computed in
+    float32 on the embedding table's device, where the prompt is moved."""
     if k < 1 or k > embeddings.shape[0]:
         raise SoftpromptError(f"--k must be between 1 and the vocabulary size {embeddings.shape[0]}, got {k}")
-    sims = torch.nn.functional.normalize(prompt.float(), dim=-1) @ torch.nn.functional.normalize(
+    sims = torch.nn.functional.normalize(prompt.to(embeddings.device).float(), dim=-1) @ torch.nn.functional.normalize(
         embeddings.float(), dim=-1).T
     values, ids = sims.topk(k, dim=-1)
-    return ids, values
+    return ids.cpu(), values.cpu()
 
 
 def token_text(tokenizer: PreTrainedTokenizerBase, token_id: int) -> str:
@@ -89,22 +90,26 @@ def _escape(text: str) -> str:
 
 
 def run_neighbors(prompt_dir: str | Path, output: str | Path, model: str | None = None, k: int = 5,
-                  labels: Sequence[str] | None = None) -> dict[str, Any]:
-    """Write neighbors.json and neighbors.md for a trained prompt into the directory `output`."""
+                  labels: Sequence[str] | None = None, device: str | None = None,
+                  dtype: str | None = None) -> dict[str, Any]:
+    """Write neighbors.json and neighbors.md for a trained prompt into the directory `output`; the embedding table
+    stays where `softprompt.device.choose_placement(device, dtype)` puts the base, which neighbors.json records."""
+    from softprompt.device import choose_placement
     from softprompt.ensemble import read_prompt_vectors
     from softprompt.models import load_base
     from softprompt.prompt import read_meta
     from softprompt.tasks import get_task
 
     meta = read_meta(prompt_dir)
-    base = load_base(model or meta["base_model"])
+    base = load_base(model or meta["base_model"], placement=choose_placement(device, dtype))
     vectors, meta = read_prompt_vectors(base, prompt_dir)
     if labels is None:
         task = get_task(meta["task"]) if meta.get("task") else None
         labels = list(task.label_names or ()) if task else []
     embeddings = base.model.get_input_embeddings().weight.detach()
     result = interpret(vectors, embeddings, base.tokenizer, labels, k)
-    result = {"prompt": str(prompt_dir), "task": meta.get("task"), "base_model": base.name, **result}
+    result = {"prompt": str(prompt_dir), "task": meta.get("task"), "base_model": base.name,
+              **base.placement.to_json(), **result}
     with atomic_dir(output) as tmp:
         write_json(tmp / "neighbors.json", result)
         (tmp / "neighbors.md").write_text(markdown_table(result, f"{prompt_dir} ({meta.get('task')})"),

@@ -18,6 +18,7 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
+from softprompt.device import CPU_FLOAT32, Placement
 from softprompt.errors import SoftpromptError
 
 TINY = "tiny"
@@ -48,6 +49,7 @@ class Base:
     tokenizer: PreTrainedTokenizerBase
     name: str  # what the user passed (`tiny`, a Hub id, a directory, a gs:// URI)
     fingerprint: str  # sha256 of the input embedding table: identifies the exact checkpoint
+    placement: Placement = CPU_FLOAT32  # where the weights are and their dtype (softprompt.device)
 
 
 def embedding_fingerprint(model: PreTrainedModel) -> str:
@@ -72,15 +74,21 @@ def build_tiny() -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     return model, ByT5Tokenizer()
 
 
-def load_base(spec: str, cache_dir: str | Path | None = None) -> Base:
-    """Load the base model named by `spec` (see module doc) in float32 on CPU, in eval mode."""
+def load_base(spec: str, cache_dir: str | Path | None = None, placement: Placement = CPU_FLOAT32) -> Base:
+    """Load the base model named by `spec` (see module doc) in eval mode, its weights on `placement`'s device in
+    its dtype. The default, float32 on CPU, is what training loads (the Trainer moves the model); inference
+    paths pass `softprompt.device.choose_placement()`. The fingerprint is taken from the float32 weights before
+    the cast, so a prompt trained on the float32 base matches the same base loaded in bf16."""
     if spec == TINY:
         model, tokenizer = build_tiny()
     else:
         path = resolve_model_path(spec, cache_dir)
         model, tokenizer = _load_pretrained(path, spec)
     model.eval()
-    return Base(model=model, tokenizer=tokenizer, name=spec, fingerprint=embedding_fingerprint(model))
+    fingerprint = embedding_fingerprint(model)
+    if placement != CPU_FLOAT32:
+        model.to(device=placement.device, dtype=placement.dtype)
+    return Base(model=model, tokenizer=tokenizer, name=spec, fingerprint=fingerprint, placement=placement)
 
 
 def resolve_model_path(spec: str, cache_dir: str | Path | None = None) -> str:

@@ -56,9 +56,12 @@ def markdown_table(report: dict[str, Any]) -> str:
 def run_transfer(prompt: str | Path, source_task: str, targets: Sequence[tuple[str, str | Path | None]],
                  output: str | Path, source_data: str | Path | None = None, model: str | None = None,
                  mode: str = "generate", batch_size: int = 32, limit: int | None = None,
-                 skip_source: bool = False, progress: bool = True) -> dict[str, Any]:
+                 skip_source: bool = False, progress: bool = True, device: str | None = None,
+                 dtype: str | None = None) -> dict[str, Any]:
     """Evaluate `prompt` on the source task and on each (target task, data dir); write transfer.json/.md and
-    per-task predictions into the directory `output`."""
+    per-task predictions into the directory `output`. The model runs on
+    `softprompt.device.choose_placement(device, dtype)`, which transfer.json records."""
+    from softprompt.device import choose_placement
     from softprompt.evaluation import predict, rank_predictions, score, trained_encoding
     from softprompt.models import load_base
     from softprompt.prompt import load_prompt, read_meta
@@ -76,7 +79,7 @@ def run_transfer(prompt: str | Path, source_task: str, targets: Sequence[tuple[s
     maps = {t.name: label_map(source, t) for t, _ in plan}  # fail before loading any model
     if mode == "rank" and not source.is_classification:
         raise SoftpromptError(f"{source.name}: rank classification needs label strings; use --mode generate")
-    base = load_base(model or meta["base_model"])
+    base = load_base(model or meta["base_model"], placement=choose_placement(device, dtype))
     net, _ = load_prompt(base, prompt)
     encoding = trained_encoding(base.tokenizer, meta)
     results: list[dict[str, Any]] = []
@@ -101,7 +104,7 @@ def run_transfer(prompt: str | Path, source_task: str, targets: Sequence[tuple[s
         run(source, source_data, "source", {})
     for task, data in plan:
         run(task, data, "target", maps[task.name])
-    report = {"prompt": str(prompt), "base_model": base.name, "mode": mode,
+    report = {"prompt": str(prompt), "base_model": base.name, "mode": mode, **base.placement.to_json(),
               "source": results[0] if not skip_source else {"task": source.name, "role": "source",
                                                             "metrics": {"num_examples": 0}},
               "targets": results[0 if skip_source else 1:],

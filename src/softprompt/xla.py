@@ -55,8 +55,11 @@ def device_type() -> str | None:
 
 
 def use_bf16() -> bool:
-    """Train in bf16 autocast: on XLA devices (TPUs compute in bf16 natively) and on GPUs that support it."""
-    return available() or (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    """Train in bf16 autocast: on XLA devices (TPUs compute in bf16 natively) and on GPUs that support it
+    natively (`softprompt.device.bf16_native`, the rule inference's dtype follows too)."""
+    from softprompt.device import bf16_native
+
+    return available() or bf16_native(torch.device("cuda"))
 
 
 def world_size() -> int:

@@ -46,26 +46,31 @@ def return_freed_tensors_to_the_os() -> bool:
         return False
 
 
-def serve(model: str, registry: str, tasks: str | None = None, **overrides: object) -> None:
-    """Load the base once and each task's production prompt, then serve HTTP until interrupted."""
+def serve(model: str, registry: str, tasks: str | None = None, device: str | None = None, dtype: str | None = None,
+          **overrides: object) -> None:
+    """Load the base once, on `softprompt.device.choose_placement(device, dtype)`, and each task's production
+    prompt, then serve HTTP until interrupted."""
     import uvicorn
 
+    from softprompt.device import choose_placement
     from softprompt.models import load_base
     from softprompt.serving.app import create_app
     from softprompt.serving.server import PromptServer, ServeSettings
     from softprompt.serving.source import RegistrySource
 
     settings = ServeSettings.load(**overrides)
+    placement = choose_placement(device, dtype)
     return_freed_tensors_to_the_os()
     names = parse_tasks(tasks)
     source = RegistrySource(registry)
     try:
-        server = PromptServer(load_base(model), source, settings, names)
+        server = PromptServer(load_base(model, placement=placement), source, settings, names)
     except BaseException:
         source.close()
         raise
     served = ", ".join(f"{t} {v}" for t, v in server.snapshot.versions().items())
-    log.info("serving %s on http://%s:%d (base %s)", served, settings.host, settings.port, model)
+    log.info("serving %s on http://%s:%d (base %s on %s, %s)", served, settings.host, settings.port, model,
+             *placement.to_json().values())
     try:
         uvicorn.run(create_app(server, close_on_shutdown=True), host=settings.host, port=settings.port,
                     log_level="warning", access_log=False)

@@ -260,6 +260,7 @@ def create_app(server: PromptServer, close_on_shutdown: bool = False) -> FastAPI
         return {"name": task.name, "versions": [prompt.version], "platform": "softprompt", "inputs": inputs,
                 "outputs": outputs, "parameters": {"labels": list(task.label_names or ()),
                                                    "base_fingerprint": server.base.fingerprint,
+                                                   **server.base.placement.to_json(),  # device, dtype
                                                    "prompt_length": int(prompt.vectors.shape[0])}}
 
     return app

@@ -3,6 +3,10 @@
 `PromptSet` is an immutable snapshot of what is served (each task's prompt and version, all prompts stacked in
 one `PromptEnsemble`). A batch reads the snapshot once, so every row of it is answered by the version its
 response names; a promotion builds a new snapshot and swaps the reference, which is atomic.
+
+The base sits where `softprompt.device.choose_placement` put it (`Base.placement`); the stacked prompts live on
+that device in the weights' dtype, the ids, masks and labels of a batch go there for the pass, and the outputs
+come back to the CPU to be decoded.
 """
 
 from __future__ import annotations
@@ -128,7 +132,7 @@ class PromptSet:
         ids, mask, index = self._encode(rows)
         budgets = [self.prompts[r.task].budget for r in rows]
         out = self.ensemble.generate(ids, mask, prompt_index=index, max_new_tokens=max(budgets), do_sample=False,
-                                     num_beams=1)
+                                     num_beams=1).cpu()
         # A row's own budget: what it would have generated alone (greedy decoding is per row).
         with self.lock:
             texts = [postprocess(self.base.tokenizer.decode(seq[:1 + b], skip_special_tokens=True))
@@ -148,7 +152,7 @@ class PromptSet:
         logits = self.ensemble(ids.repeat_interleave(counts, 0), mask.repeat_interleave(counts, 0),
                                labels=lab.masked_fill(lab == -100, pad), prompt_index=index.repeat_interleave(counts)
                                ).logits
-        scores = sequence_log_prob(logits, lab).split(counts.tolist())
+        scores = sequence_log_prob(logits, lab.to(logits.device)).cpu().split(counts.tolist())
         answers = []
         for r, names, s in zip(rows, labels, scores):
             answer = self._answer(r, names[int(s.argmax())])
