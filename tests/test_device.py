@@ -137,9 +137,37 @@ def test_evaluate_runs_in_bf16_and_its_metrics_json_records_device_and_dtype(rte
         assert saved["device"] == "cpu" and saved["dtype"] == "bfloat16" == result["dtype"]
         predictions = (tmp_path / f"{mode}.predictions.jsonl").read_text().splitlines()
         assert saved["num_examples"] == 8 and len(predictions) == 8
-    default = run_evaluation("rte", tmp_path / "d.json", prompt=prompt, data=rte_dir, mode="rank", limit=2,
-                             progress=False)
-    assert (default["device"], default["dtype"]) == ("cpu", "float32")  # auto on a CPU-only machine
+
+
+def evaluate_rank(prompt, data, out):
+    """`evaluate --mode rank --limit 2` on RTE with the placement params.yaml asks for (auto)."""
+    from softprompt.evaluation import run_evaluation
+
+    return run_evaluation("rte", out, prompt=prompt, data=data, mode="rank", limit=2, progress=False)
+
+
+def test_evaluate_on_auto_without_an_accelerator_stays_float32_on_the_cpu(rte_dir, tmp_path, monkeypatch):
+    fake_cuda(monkeypatch, present=False)  # also on a GPU machine
+    prompt = make_prompt(tmp_path / "p", "rte", seed=0)
+    result = evaluate_rank(prompt, rte_dir, tmp_path / "m.json")
+    assert (result["device"], result["dtype"]) == ("cpu", "float32")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here (the lock's torch is the CPU build)")
+def test_on_a_gpu_auto_puts_the_base_and_the_batches_on_it(rte_dir, tmp_path):
+    from softprompt.serving.engine import PromptSet, Row, load_served_prompt
+
+    prompt = make_prompt(tmp_path / "p", "rte", seed=0)
+    result = evaluate_rank(prompt, rte_dir, tmp_path / "m.json")
+    expected = "bfloat16" if torch.cuda.is_bf16_supported(including_emulation=False) else "float32"
+    assert (result["device"], result["dtype"]) == ("cuda:0", expected)
+    base = load_base("tiny", placement=choose_placement())
+    assert {str(p.device) for p in base.model.parameters()} == {"cuda:0"}
+    snapshot = PromptSet(base, {"rte": load_served_prompt(base, "rte", prompt, "v1")})
+    assert snapshot.ensemble.prompts.device == torch.device("cuda", 0)
+    fields = {"premise": "The cat sat.", "hypothesis": "A cat sat."}
+    answers = snapshot.run([Row("rte", fields), Row("rte", fields, mode="rank")])
+    assert answers[1]["label"] in answers[1]["scores"] and isinstance(answers[0]["label"], str)
 
 
 def test_evaluate_command_takes_device_and_dtype(rte_dir, tmp_path):

@@ -86,8 +86,7 @@ def load_base(spec: str, cache_dir: str | Path | None = None, placement: Placeme
         model, tokenizer = _load_pretrained(path, spec)
     model.eval()
     fingerprint = embedding_fingerprint(model)
-    if placement != CPU_FLOAT32:
-        model.to(device=placement.device, dtype=placement.dtype)
+    model.to(device=placement.device, dtype=placement.dtype)  # a no-op for the default
     return Base(model=model, tokenizer=tokenizer, name=spec, fingerprint=fingerprint, placement=placement)
 
 
