@@ -59,11 +59,6 @@ def test_the_defaults_come_from_params_yaml_inference(monkeypatch):
     assert choose_placement("cuda:0", "bfloat16").to_json() == {"device": "cuda:0", "dtype": "bfloat16"}
 
 
-def test_xla_needs_torch_xla_and_pjrt_device(monkeypatch):
-    monkeypatch.delenv("PJRT_DEVICE", raising=False)
-    assert placement_of.xla_ready() is False  # the main venv: no torch_xla; the TPU image sets PJRT_DEVICE
-
-
 @pytest.mark.parametrize(("device", "dtype", "message"), [
     ("cuda", "auto", "'cuda' asked for, but torch sees no CUDA GPU; use auto or cpu"),
     ("cuda:1", "auto", "'cuda:1' asked for, but torch sees no CUDA GPU"),

@@ -43,6 +43,14 @@ print(json.dumps({"placement": placement.to_json(),
 """
 
 
+def test_xla_is_chosen_only_where_pjrt_device_names_a_runtime(monkeypatch):
+    from softprompt.device import xla_ready
+
+    assert xla_ready()  # torch_xla here, PJRT_DEVICE=CPU from `make test-xla`
+    monkeypatch.delenv("PJRT_DEVICE")
+    assert not xla_ready()  # torch_xla installed but no runtime named: auto falls back to the CPU
+
+
 def run(args: list[str]) -> str:
     proc = subprocess.run(args, env={**ENV, "PJRT_DEVICE": os.environ.get("PJRT_DEVICE", "CPU")},
                           capture_output=True, text=True, timeout=900)
