@@ -47,27 +47,45 @@ def return_freed_tensors_to_the_os() -> bool:
 
 
 def serve(model: str, registry: str, tasks: str | None = None, **overrides: object) -> None:
-    """Load the base once and each task's production prompt, then serve HTTP until interrupted."""
+    """Bind the port, then load the base and each task's production prompt in the background (readiness is
+    503 until then), and serve HTTP until SIGTERM/SIGINT, which drains (lifecycle.DrainingServer)."""
     import uvicorn
 
     from softprompt.models import load_base
+    from softprompt.registry.git import redact_token_filter
     from softprompt.serving.app import create_app
-    from softprompt.serving.server import PromptServer, ServeSettings
+    from softprompt.serving.lifecycle import DrainingServer
+    from softprompt.serving.server import PromptServer, ServeSettings, Service
     from softprompt.serving.source import RegistrySource
 
     settings = ServeSettings.load(**overrides)
     return_freed_tensors_to_the_os()
     names = parse_tasks(tasks)
-    source = RegistrySource(registry)
+    for name in ("softprompt", "uvicorn"):
+        logging.getLogger(name).addFilter(redact_token_filter())
+    service = Service(settings)
+    config = uvicorn.Config(create_app(service, close_on_shutdown=True), host=settings.host, port=settings.port,
+                            log_level="warning", access_log=False, timeout_graceful_shutdown=settings.drain_grace_s)
+    http = DrainingServer(config, service)
+
+    def build(metrics: object) -> PromptServer:
+        source = RegistrySource(registry)
+        try:
+            return PromptServer(load_base(model), source, settings, names, metrics=metrics)  # type: ignore[arg-type]
+        except BaseException:
+            source.close()
+            raise
+
+    def failed(error: BaseException) -> None:
+        log.error("loading failed: %s", error)
+        http.should_exit = True
+
+    log.info("listening on http://%s:%d; loading base %s and the production prompts", settings.host,
+             settings.port, model)
+    service.load(build, failed)
     try:
-        server = PromptServer(load_base(model), source, settings, names)
-    except BaseException:
-        source.close()
-        raise
-    served = ", ".join(f"{t} {v}" for t, v in server.snapshot.versions().items())
-    log.info("serving %s on http://%s:%d (base %s)", served, settings.host, settings.port, model)
-    try:
-        uvicorn.run(create_app(server, close_on_shutdown=True), host=settings.host, port=settings.port,
-                    log_level="warning", access_log=False)
+        http.run()
     finally:
-        server.close()  # when uvicorn fails to start (a port in use); closing twice is harmless
+        service.close()  # when uvicorn fails to start (a port in use); closing twice is harmless
+    if isinstance(service.failure, Exception):
+        raise service.failure  # a SoftpromptError gives its one-line message and exit status 2
