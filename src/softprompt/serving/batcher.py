@@ -41,6 +41,7 @@ class _Item:
     rows: list[Any]
     future: Future = field(default_factory=Future)
     deadline: float | None = None  # time.monotonic() after which the rows are not worth computing
+    queued: bool = True  # its rows still count in the queue's size
 
 
 _CLOSE = _Item([])  # the sentinel close() queues: every item before it is still served
@@ -93,8 +94,16 @@ class MicroBatcher:
                 raise QueueFull(f"{self._queued_rows} rows queued; {len(item.rows)} more would pass the limit "
                                 f"of {limit}")
             self._queued_rows += len(item.rows)
+        # A request cancelled while it waits (its client left) frees its room at once, not when a pass reaches it.
+        item.future.add_done_callback(lambda f: self._unqueue(item) if f.cancelled() else None)
         self._queue.put(item)
         return item.future
+
+    def _unqueue(self, item: _Item) -> None:
+        with self._rows_lock:
+            if item.queued:
+                item.queued = False
+                self._queued_rows -= len(item.rows)
 
     def close(self, timeout: float = 30) -> None:
         """Refuse new requests, serve those queued, stop the worker (waiting up to `timeout` seconds)."""
@@ -154,15 +163,14 @@ class MicroBatcher:
         """The items still worth computing, each marked running (so a later cancel() fails instead of racing
         the answer); expired ones get `DeadlineExceeded`, cancelled ones are dropped."""
         kept, now = [], time.monotonic()
-        with self._rows_lock:
-            self._queued_rows -= sum(len(item.rows) for item in batch)
         for item in batch:
+            self._unqueue(item)
             if not item.future.set_running_or_notify_cancel():
                 self._dropped("cancelled", item)
             elif item.deadline is not None and now > item.deadline:
+                self._dropped("deadline", item)  # counted before the answer goes out
                 _resolve(item.future, error=DeadlineExceeded(f"waited {now - item.deadline:.3f} s past the "
                                                              "request's deadline for a model pass"))
-                self._dropped("deadline", item)
             else:
                 kept.append(item)
         return kept
