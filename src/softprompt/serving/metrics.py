@@ -33,6 +33,8 @@ class ServeMetrics:
                             ["task", "version"], registry=r)
         self.swaps = Counter("softprompt_prompt_swaps", "Prompt versions swapped in while serving", ["task"],
                              registry=r)
+        self.swapped_at = Gauge("softprompt_prompt_swap_timestamp_seconds", "Unix time the version each task serves "
+                                "was swapped in (the server's own swap event)", ["task"], registry=r)
         self.refusals = Counter("softprompt_prompt_refusals", "Promoted prompts refused (the old version kept "
                                 "serving), per reason", ["task", "reason"], registry=r)
         self.promotion_failures = Counter("softprompt_promotion_failures", "Promotions that failed to load (retried "
@@ -61,6 +63,7 @@ class ServeMetrics:
             self.loaded.remove(task, old)
             self.swaps.labels(task).inc()
         self.loaded.labels(task, new).set(1)
+        self.swapped_at.labels(task).set_to_current_time()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
