@@ -201,3 +201,12 @@ def test_sigterm_turns_readiness_off_then_drains_in_flight_requests(live):
     assert not server.thread.is_alive()
     with pytest.raises(OSError):
         call(server.url, "/v2/health/live", timeout=2)
+
+
+def test_serve_binds_then_exits_with_the_load_error(reg):
+    """`softprompt serve` binds first; a load that fails stops it with the error (exit 2 from the CLI)."""
+    from softprompt.errors import SoftpromptError
+    from softprompt.serving import serve
+
+    with pytest.raises(SoftpromptError, match="boolq: no production prompt"):
+        serve("tiny", str(reg["repo"]), "boolq", host="127.0.0.1", port=0)

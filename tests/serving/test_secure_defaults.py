@@ -66,6 +66,25 @@ def test_the_token_is_redacted_from_messages_and_logs(monkeypatch, caplog):
     assert TOKEN not in caplog.text and "could not read ***" in caplog.text
 
 
+def test_serve_redacts_the_token_from_every_handler(monkeypatch):
+    """Child loggers' records (softprompt.serve) pass the root's handlers, which carry the filter."""
+    import io
+
+    from softprompt.serving import redact_logs
+
+    monkeypatch.setenv("GIT_TOKEN", TOKEN)
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        redact_logs()
+        logging.getLogger("softprompt.serve").warning("registry check failed: https://x:%s@host/r.git", TOKEN)
+    finally:
+        root.removeHandler(handler)
+    assert TOKEN not in stream.getvalue() and "https://x:***@host/r.git" in stream.getvalue()
+
+
 def test_without_a_token_git_runs_with_our_environment(monkeypatch):
     monkeypatch.delenv("GIT_TOKEN", raising=False)
     assert gitrepo.git_env() is None  # git inherits the caller's environment unchanged

@@ -46,13 +46,23 @@ def return_freed_tensors_to_the_os() -> bool:
         return False
 
 
+def redact_logs() -> None:
+    """Keep the registry token out of every log line: a filter on each handler of the root and uvicorn's loggers
+    (a filter on a logger would miss the records its child loggers propagate)."""
+    from softprompt.registry.git import redact_token_filter
+
+    token_filter = redact_token_filter()
+    for name in ("", "uvicorn", "uvicorn.access", "uvicorn.error"):
+        for handler in logging.getLogger(name).handlers:
+            handler.addFilter(token_filter)
+
+
 def serve(model: str, registry: str, tasks: str | None = None, **overrides: object) -> None:
     """Bind the port, then load the base and each task's production prompt in the background (readiness is
     503 until then), and serve HTTP until SIGTERM/SIGINT, which drains (lifecycle.DrainingServer)."""
     import uvicorn
 
     from softprompt.models import load_base
-    from softprompt.registry.git import redact_token_filter
     from softprompt.serving.app import create_app
     from softprompt.serving.lifecycle import DrainingServer
     from softprompt.serving.server import PromptServer, ServeSettings, Service
@@ -61,11 +71,10 @@ def serve(model: str, registry: str, tasks: str | None = None, **overrides: obje
     settings = ServeSettings.load(**overrides)
     return_freed_tensors_to_the_os()
     names = parse_tasks(tasks)
-    for name in ("softprompt", "uvicorn"):
-        logging.getLogger(name).addFilter(redact_token_filter())
     service = Service(settings)
     config = uvicorn.Config(create_app(service, close_on_shutdown=True), host=settings.host, port=settings.port,
                             log_level="warning", access_log=False, timeout_graceful_shutdown=settings.drain_grace_s)
+    redact_logs()  # after uvicorn.Config, which installs uvicorn's handlers
     http = DrainingServer(config, service)
 
     def build(metrics: object) -> PromptServer:
