@@ -214,6 +214,8 @@ def create_app(target: PromptServer | Service, close_on_shutdown: bool = False) 
                                     f"{settings.request_timeout_s} s; retry later", retry_after(server)) from e
         finally:
             gone.cancel()
+            if not future.done():  # this handler was cancelled (a drain past its grace): drop the rows too
+                future.cancel()
 
     def retry_after(server: PromptServer) -> int:
         """Seconds until the queue has room again, as the last passes went (at least 1)."""
