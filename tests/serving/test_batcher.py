@@ -117,6 +117,17 @@ def test_the_queue_is_bounded_in_rows(closing):
     assert batcher.queued_rows == 0 and batcher.submit([5]).result(timeout=5) == [5]
 
 
+def test_rows_taken_into_a_forming_batch_no_longer_count_as_queued(closing):
+    """Found by the benchmark: answers go out, clients send again at once, and were refused (503) because the
+    rows the worker had already taken for its next batch still counted against the bound."""
+    batcher = MicroBatcher(SlowRunner(), max_batch_size=4, max_wait_ms=400, max_queue_rows=2)
+    closing(batcher)
+    first = batcher.submit([1, 2])  # taken at once; the worker then waits up to 400 ms for more rows
+    time.sleep(0.1)
+    second = batcher.submit([3, 4])  # fits: the queue holds nothing
+    assert first.result(timeout=5) == [10, 20] and second.result(timeout=5) == [30, 40]
+
+
 def test_an_oversized_request_is_admitted_into_an_empty_queue(closing):
     batcher = MicroBatcher(SlowRunner(), max_batch_size=2, max_wait_ms=0, max_queue_rows=2)
     closing(batcher)

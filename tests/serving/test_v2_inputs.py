@@ -4,6 +4,7 @@ the outputs filter, nested data, datatypes, the binary extension, request ids.""
 from __future__ import annotations
 
 import logging
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -157,6 +158,10 @@ def test_request_ids_are_taken_or_made_echoed_and_logged(live, caplog):
     with caplog.at_level(logging.INFO, logger="softprompt.access"):
         status, _, headers = call(live.url, "/v1/models/rte:predict", {"instances": [RTE]},
                                   headers={"X-Request-ID": "client-42", "traceparent": parent})
+        deadline = time.monotonic() + 10  # the line is written once the response is sent: the client may be first
+        while time.monotonic() < deadline and not any("request_id=client-42" in r.getMessage()
+                                                      for r in caplog.records):
+            time.sleep(0.05)
     assert status == 200 and headers["x-request-id"] == "client-42" and headers["traceparent"] == parent
     assert any("request_id=client-42" in r.getMessage() and "trace_id=4bf92f3577b34da6a3ce929d0e0e4736" in
                r.getMessage() and '"POST /v1/models/rte:predict" 200' in r.getMessage() for r in caplog.records)

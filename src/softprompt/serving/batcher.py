@@ -66,7 +66,7 @@ class MicroBatcher:
         self._queue: queue.Queue[_Item] = queue.Queue()
         self._carry: _Item | None = None  # a request that did not fit the last batch goes first in the next
         self._rows_lock = threading.Lock()
-        self._queued_rows = 0  # rows submitted and not yet taken into a pass (or dropped)
+        self._queued_rows = 0  # rows submitted and not yet taken off the queue by the worker (nor cancelled)
         self._closing = False
         self.beat = time.monotonic()
         self._thread = threading.Thread(target=self._loop, name="softprompt-batcher", daemon=True)
@@ -138,10 +138,13 @@ class MicroBatcher:
                     _resolve(item.future, error=e)
 
     def _next(self, timeout: float) -> _Item | None:
+        """The next queued item (its rows leave the queue's count now: a batch being formed is not waiting)."""
         try:
-            return self._queue.get(timeout=timeout)
+            item = self._queue.get(timeout=timeout)
         except queue.Empty:
             return None
+        self._unqueue(item)
+        return item
 
     def _gather(self, first: _Item) -> tuple[list[_Item], bool]:
         """The first request, and more until the batch is full or the wait is over; True once closed."""
@@ -164,7 +167,6 @@ class MicroBatcher:
         the answer); expired ones get `DeadlineExceeded`, cancelled ones are dropped."""
         kept, now = [], time.monotonic()
         for item in batch:
-            self._unqueue(item)
             if not item.future.set_running_or_notify_cancel():
                 self._dropped("cancelled", item)
             elif item.deadline is not None and now > item.deadline:
