@@ -210,3 +210,29 @@ def test_serve_binds_then_exits_with_the_load_error(reg):
 
     with pytest.raises(SoftpromptError, match="boolq: no production prompt"):
         serve("tiny", str(reg["repo"]), "boolq", host="127.0.0.1", port=0)
+
+
+def test_a_versioned_request_answered_after_a_swap_is_not_passed_off_as_its_version(reg, live):
+    """The version is checked when the request arrives; a promotion can land before its pass."""
+    from support.serving import add_version
+
+    server, gate = live
+    gate.hold()
+    body = {"inputs": [{"name": k, "shape": [1], "datatype": "BYTES", "data": [v]} for k, v in CB.items()]}
+    pinned, answers = in_thread(call, server.url, "/v2/models/cb/versions/v1/infer", body)
+    assert gate.entered.wait(10)  # held in its pass, which read the v1 snapshot: wait for the next one instead
+    gate.release()
+    pinned.join(30)
+    assert answers[0][0] == 200 and answers[0][1]["model_version"] == "v1"
+    gate.hold()
+    blocker, _ = in_thread(call, server.url, PREDICT, {"instances": [RTE]})
+    assert gate.entered.wait(10)
+    pinned, answers = in_thread(call, server.url, "/v2/models/cb/versions/v1/infer", body)
+    wait_for(lambda: server.server.batcher.queued_rows == 1)
+    number = add_version(reg, "cb", 41, 90.0, length=6)
+    server.server.check_registry()  # the swap, while the pinned request waits for its pass
+    gate.release()
+    blocker.join(30)
+    pinned.join(30)
+    status, out, _ = answers[0]
+    assert status == 404 and f"was replaced by v{number}" in out["error"]

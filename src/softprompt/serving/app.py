@@ -184,6 +184,10 @@ def create_app(target: PromptServer | Service, close_on_shutdown: bool = False) 
             # the batcher holds it) would stall every other connection.
             await asyncio.to_thread(check_tokens, prompt, rows)
             answers = await batched(rows, deadline, request)
+            if version is not None and answers[0]["version"] != version:  # swapped while the request waited
+                raise RequestError(404, f"model {task!r} version {version!r} was replaced by {answers[0]['version']} "
+                                        f"while the request waited; send it again to /v2/models/{task}/versions/"
+                                        f"{answers[0]['version']}/infer or /v2/models/{task}/infer")
             return JSONResponse(respond(answers, body))
         except RequestError as e:
             status = e.status
