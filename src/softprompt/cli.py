@@ -623,6 +623,11 @@ def serve(
                                                  doc="How long a batch waits for more rows.")] = None,
     poll_interval: Annotated[float | None, setting("serve.poll_interval_s", "--poll-interval",
                                                    doc="Seconds between registry checks for promotions.")] = None,
+    max_queue_rows: Annotated[int | None, setting("serve.max_queue_rows",
+                                                  doc="Rows waiting for a pass; beyond, 503 + Retry-After.")] = None,
+    request_timeout: Annotated[float | None, setting("serve.request_timeout_s", "--request-timeout",
+                                                     doc="Seconds a request may wait for a model pass (then 503)."
+                                                     )] = None,
     device: Device = None,
     dtype: Dtype = None,
 ) -> None:
@@ -630,7 +635,8 @@ def serve(
     from softprompt.serving import serve as run_serve
 
     run_serve(model or param_value("model"), registry, tasks, device=device, dtype=dtype, host=host, port=port,
-              max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, poll_interval_s=poll_interval)
+              max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, poll_interval_s=poll_interval,
+              max_queue_rows=max_queue_rows, request_timeout_s=request_timeout)
 
 
 def run_app(application: typer.Typer, argv: list[str] | None = None) -> int:

@@ -267,8 +267,5 @@ def test_pods_register_into_a_remote_repo_concurrently(repo, settings, prompts, 
     assert registry.production(clone, "rte").value == 70.0  # whichever landed first, the gate keeps the better
 
 
-def test_git_token_goes_only_into_https_urls(monkeypatch):
-    monkeypatch.setenv("GIT_TOKEN", "s3cret")
-    assert registry.authenticated("https://github.com/o/r.git") == "https://x-access-token:s3cret@github.com/o/r.git"
-    assert registry.authenticated("file:///tmp/r.git") == "file:///tmp/r.git"
+def test_git_urls_are_recognised():  # the token's own tests: tests/serving/test_secure_defaults.py
     assert registry.is_git_url("git@github.com:o/r.git") and not registry.is_git_url("/tmp/repo")

@@ -32,7 +32,7 @@ from softprompt.io import copy_dir
 from softprompt.registry import dvc, lineage
 from softprompt.registry import git as gitrepo
 from softprompt.registry.dvc import dir_md5, prompt_md5, read_dvc_file, verify
-from softprompt.registry.git import authenticated, is_git_url, repo_root
+from softprompt.registry.git import is_git_url, repo_root
 from softprompt.registry.lineage import read_metrics
 from softprompt.registry.versions import (
     PRODUCTION,
@@ -51,7 +51,7 @@ from softprompt.registry.versions import (
 
 Settings = RegistryConfig  # the `registry:` section of params.yaml (softprompt.config)
 
-__all__ = ["PRODUCTION", "REGISTRY_DIR", "Registration", "Settings", "Version", "artifact", "authenticated",
+__all__ = ["PRODUCTION", "REGISTRY_DIR", "Registration", "Settings", "Version", "artifact",
            "check_task", "code_version", "dir_md5", "gate", "get_version", "is_git_url", "list_versions",
            "parse_version", "production", "production_numbers", "prompt_md5", "promote", "pull", "read_dvc_file",
            "read_metrics", "register", "register_to_origin", "repo_root", "semver", "summary_rows", "verify",

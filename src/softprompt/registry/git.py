@@ -4,7 +4,9 @@ and the clone-and-push of a registry repo given by URL."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -16,16 +18,56 @@ from softprompt.registry.versions import REGISTRY_DIR, artifact, semver
 LOCK_FILE = "softprompt-registry.lock"
 
 
+# $GIT_TOKEN reaches git through this credential helper, given in git's environment (GIT_CONFIG_COUNT/KEY/VALUE):
+# it reads the variable when a server asks for credentials, so the token is never in a URL, an argument, a
+# .git/config or a log, and git hands it only to the host that challenged for it.
+CREDENTIAL_HELPER = '!f() { test "$1" = get && echo username=x-access-token && echo "password=$GIT_TOKEN"; }; f'
+REDACTED = "***"
+
+
+def git_env() -> dict[str, str] | None:
+    """The environment git runs with: with $GIT_TOKEN set, ours plus the credential helper; else None (ours)."""
+    if not os.environ.get("GIT_TOKEN"):
+        return None
+    env = dict(os.environ)
+    count = int(env.get("GIT_CONFIG_COUNT", "0") or 0)
+    env.update({"GIT_CONFIG_COUNT": str(count + 1), f"GIT_CONFIG_KEY_{count}": "credential.helper",
+                f"GIT_CONFIG_VALUE_{count}": CREDENTIAL_HELPER, "GIT_TERMINAL_PROMPT": "0"})
+    return env
+
+
+def redact(text: str) -> str:
+    """`text` with $GIT_TOKEN (and any user:password in a URL) replaced by ***."""
+    token = os.environ.get("GIT_TOKEN")
+    if token:
+        text = text.replace(token, REDACTED)
+    return re.sub(r"(://[^/\s:@]+):[^/\s@]+@", rf"\1:{REDACTED}@", text)
+
+
+class _RedactToken(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+
+def redact_token_filter() -> logging.Filter:
+    """A logging filter that removes the registry token from every record it sees."""
+    return _RedactToken()
+
+
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     """`git ARGS`, its output captured; the caller decides what a failure means."""
-    return subprocess.run(["git", *args], capture_output=True, text=True)
+    return subprocess.run(["git", *args], capture_output=True, text=True, env=git_env())
 
 
 def git(repo: Path, *args: str, check: bool = True) -> str:
     """Run git in `repo`; a failure becomes a SoftpromptError with git's own message."""
     proc = run("-C", str(repo), *args)
     if check and proc.returncode != 0:
-        message = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
+        message = redact(proc.stderr.strip() or proc.stdout.strip()).splitlines()
         raise SoftpromptError(f"{repo}: git {args[0]} failed: {message[-1] if message else proc.returncode}")
     return proc.stdout.strip()
 
@@ -130,18 +172,11 @@ def is_git_url(repo: str | None) -> bool:
     return bool(repo) and (repo.startswith(("https://", "http://", "ssh://", "git@", "file://")))
 
 
-def authenticated(url: str) -> str:
-    """An https URL with $GIT_TOKEN (mounted from a Kubernetes secret) as credentials; other URLs unchanged."""
-    token = os.environ.get("GIT_TOKEN")
-    if token and url.startswith("https://") and "@" not in url.split("/")[2]:
-        return url.replace("https://", f"https://x-access-token:{token}@", 1)
-    return url
-
-
 def clone(url: str, dest: Path) -> Path:
-    proc = run("clone", "-q", authenticated(url), str(dest))
+    """Clone `url` (with $GIT_TOKEN, when set, through the credential helper: see CREDENTIAL_HELPER)."""
+    proc = run("clone", "-q", url, str(dest))
     if proc.returncode != 0:
-        raise SoftpromptError(f"cannot clone the registry repo {url}: {proc.stderr.strip()[-300:]}")
+        raise SoftpromptError(f"cannot clone the registry repo {redact(url)}: {redact(proc.stderr.strip())[-300:]}")
     return dest
 
 
@@ -150,4 +185,4 @@ def push_atomic(repo: Path, tag_names: list[str]) -> str:
     branch = git(repo, "rev-parse", "--abbrev-ref", "HEAD")
     proc = run("-C", str(repo), "push", "-q", "--atomic", "origin", f"HEAD:{branch}",
                *(f"refs/tags/{name}" for name in tag_names))
-    return "" if proc.returncode == 0 else proc.stderr.strip()[-300:]
+    return "" if proc.returncode == 0 else redact(proc.stderr.strip())[-300:]

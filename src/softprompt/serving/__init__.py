@@ -46,33 +46,60 @@ def return_freed_tensors_to_the_os() -> bool:
         return False
 
 
+def redact_logs() -> None:
+    """Keep the registry token out of every log line: a filter on each handler of the root and uvicorn's loggers
+    (a filter on a logger would miss the records its child loggers propagate)."""
+    from softprompt.registry.git import redact_token_filter
+
+    token_filter = redact_token_filter()
+    for name in ("", "uvicorn", "uvicorn.access", "uvicorn.error"):
+        for handler in logging.getLogger(name).handlers:
+            handler.addFilter(token_filter)
+
+
 def serve(model: str, registry: str, tasks: str | None = None, device: str | None = None, dtype: str | None = None,
           **overrides: object) -> None:
-    """Load the base once, on `softprompt.device.choose_placement(device, dtype)`, and each task's production
-    prompt, then serve HTTP until interrupted."""
+    """Bind the port, then load the base (on `softprompt.device.choose_placement(device, dtype)`) and each task's
+    production prompt in the background (readiness is 503 until then), and serve HTTP until SIGTERM/SIGINT, which
+    drains (lifecycle.DrainingServer)."""
     import uvicorn
 
     from softprompt.device import choose_placement
     from softprompt.models import load_base
     from softprompt.serving.app import create_app
-    from softprompt.serving.server import PromptServer, ServeSettings
+    from softprompt.serving.lifecycle import DrainingServer
+    from softprompt.serving.server import PromptServer, ServeSettings, Service
     from softprompt.serving.source import RegistrySource
 
     settings = ServeSettings.load(**overrides)
     placement = choose_placement(device, dtype)
     return_freed_tensors_to_the_os()
     names = parse_tasks(tasks)
-    source = RegistrySource(registry)
+    service = Service(settings)
+    config = uvicorn.Config(create_app(service, close_on_shutdown=True), host=settings.host, port=settings.port,
+                            log_level="warning", access_log=False, timeout_graceful_shutdown=settings.drain_grace_s)
+    redact_logs()  # after uvicorn.Config, which installs uvicorn's handlers
+    http = DrainingServer(config, service)
+
+    def build(metrics: object) -> PromptServer:
+        source = RegistrySource(registry)
+        try:
+            base = load_base(model, placement=placement)
+            return PromptServer(base, source, settings, names, metrics=metrics)  # type: ignore[arg-type]
+        except BaseException:
+            source.close()
+            raise
+
+    def failed(error: BaseException) -> None:
+        log.error("loading failed: %s", error)
+        http.should_exit = True
+
+    log.info("listening on http://%s:%d; loading base %s on %s (%s) and the production prompts", settings.host,
+             settings.port, model, *placement.to_json().values())
+    service.load(build, failed)
     try:
-        server = PromptServer(load_base(model, placement=placement), source, settings, names)
-    except BaseException:
-        source.close()
-        raise
-    served = ", ".join(f"{t} {v}" for t, v in server.snapshot.versions().items())
-    log.info("serving %s on http://%s:%d (base %s on %s, %s)", served, settings.host, settings.port, model,
-             *placement.to_json().values())
-    try:
-        uvicorn.run(create_app(server, close_on_shutdown=True), host=settings.host, port=settings.port,
-                    log_level="warning", access_log=False)
+        http.run()
     finally:
-        server.close()  # when uvicorn fails to start (a port in use); closing twice is harmless
+        service.close()  # when uvicorn fails to start (a port in use); closing twice is harmless
+    if isinstance(service.failure, Exception):
+        raise service.failure  # a SoftpromptError gives its one-line message and exit status 2

@@ -106,14 +106,22 @@ class PromptSet:
             return len(self.base.tokenizer(text).input_ids)
 
     def run(self, rows: list[Row]) -> list[dict[str, Any]]:
-        """Answer every row in one generate pass (and one forward pass for the rows asking to rank)."""
+        """Answer every row: one generate pass per generation budget, one forward pass for the rows that rank."""
         out: list[dict[str, Any]] = [{} for _ in rows]
         for mode, fn in (("generate", self._generate), ("rank", self._rank)):
-            chosen = [i for i, r in enumerate(rows) if r.mode == mode]
-            if chosen:
+            for chosen in self._groups(rows, mode):
                 for i, answer in zip(chosen, fn([rows[i] for i in chosen])):
                     out[i] = answer
         return out
+
+    def _groups(self, rows: list[Row], mode: str) -> list[list[int]]:
+        """Indexes of the rows in `mode`, one group per pass: generate rows are grouped by generation budget, so
+        a short-label task never decodes to a QA task's budget; rank rows all go in one pass."""
+        groups: dict[int, list[int]] = {}
+        for i, r in enumerate(rows):
+            if r.mode == mode:
+                groups.setdefault(self.prompts[r.task].budget if mode == "generate" else 0, []).append(i)
+        return list(groups.values())
 
     def _encode(self, rows: list[Row]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Token ids (each row with its prompt's encoding), their mask, and each row's prompt index."""

@@ -9,6 +9,7 @@ params.yaml (tests/test_infra.py fails if the committed file differs):
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import Any
 
@@ -20,6 +21,8 @@ from softprompt.config import component_image, load_params
 NAME = "softprompt"
 SECRET_DIR = "/var/secrets/registry-git"
 REGISTRY_PLACEHOLDER = "${REGISTRY_REPO}"  # envsubst fills it in, as for the secret templates
+STARTUP_PERIOD_S = 10
+GRACE_MARGIN_S = 5  # for the batcher to answer what is queued once uvicorn has stopped
 
 
 def placement(params: dict[str, Any]) -> dict[str, Any]:
@@ -48,20 +51,29 @@ def inference_service(params: dict[str, Any] | None = None) -> dict[str, Any]:
         "name": "kserve-container",
         "image": component_image(params),
         "command": ["softprompt", "serve"],
-        "args": ["--model", params["model"], "--registry", "$(REGISTRY_REPO)", "--port", str(port)],
+        # params.yaml's host is loopback (safe on a laptop); in the pod the kubelet and the Service must reach it
+        "args": ["--model", params["model"], "--registry", "$(REGISTRY_REPO)", "--host", "0.0.0.0",
+                 "--port", str(port)],
         "env": [{"name": "REGISTRY_REPO", "value": params["pipeline"]["registry_repo"] or REGISTRY_PLACEHOLDER},
                 # the git token is read from the read-only secret volume (never an env value in the spec)
                 {"name": "GIT_TOKEN_FILE", "value": f"{SECRET_DIR}/{git['key']}"}],
         "ports": [{"containerPort": port, "protocol": "TCP"}],
         "resources": {"requests": {"cpu": str(heavy["cpu"]), "memory": str(heavy["memory"])},
                       **({"limits": where["limits"]} if where["limits"] else {})},
-        "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": port}, "initialDelaySeconds": 10,
-                           "periodSeconds": 5, "failureThreshold": 3},
-        "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": port}, "initialDelaySeconds": 30,
-                          "periodSeconds": 10, "failureThreshold": 3},
+        # The port binds at once and readiness answers 503 until the base and prompts are loaded; liveness and
+        # readiness only start once the startupProbe passed, which allows serve.startup_timeout_s for loading.
+        "startupProbe": {"httpGet": {"path": "/v2/health/ready", "port": port}, "periodSeconds": STARTUP_PERIOD_S,
+                         "failureThreshold": math.ceil(float(serve["startup_timeout_s"]) / STARTUP_PERIOD_S)},
+        "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": port}, "periodSeconds": 5,
+                           "failureThreshold": 1},
+        "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": port}, "periodSeconds": 10,
+                          "failureThreshold": 3},
         "volumeMounts": [{"name": "registry-git", "mountPath": SECRET_DIR, "readOnly": True}],
     }
+    # SIGTERM drains: drain_delay_s still serving with readiness false, then drain_grace_s for what is in flight.
+    grace = math.ceil(float(serve["drain_delay_s"]) + float(serve["drain_grace_s"])) + GRACE_MARGIN_S
     predictor = {"minReplicas": 1, "nodeSelector": where["nodeSelector"], "containers": [container],
+                 "terminationGracePeriodSeconds": grace,
                  "volumes": [{"name": "registry-git", "secret": {"secretName": git["name"], "defaultMode": 0o400}}]}
     if where["tolerations"]:
         predictor["tolerations"] = where["tolerations"]

@@ -10,7 +10,8 @@ UNSERVED = "<unserved>"  # the task label of requests for a task that is not ser
 
 
 class ServeMetrics:
-    """Requests and errors per task and status, latency and batch-size histograms, the versions loaded."""
+    """Requests and errors per task and status, latency and batch-size histograms, the versions loaded, the
+    queue, dropped rows, and the registry watch (failed promotions, last sync)."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -32,8 +33,19 @@ class ServeMetrics:
                             ["task", "version"], registry=r)
         self.swaps = Counter("softprompt_prompt_swaps", "Prompt versions swapped in while serving", ["task"],
                              registry=r)
+        self.swapped_at = Gauge("softprompt_prompt_swap_timestamp_seconds", "Unix time the version each task serves "
+                                "was swapped in (the server's own swap event)", ["task"], registry=r)
         self.refusals = Counter("softprompt_prompt_refusals", "Promoted prompts refused (the old version kept "
                                 "serving), per reason", ["task", "reason"], registry=r)
+        self.promotion_failures = Counter("softprompt_promotion_failures", "Promotions that failed to load (retried "
+                                          "with backoff), per task and reason", ["task", "reason"], registry=r)
+        self.last_sync = Gauge("softprompt_registry_last_sync_timestamp_seconds", "Unix time of the last registry "
+                               "check that completed", registry=r)
+        self.queue_rows = Gauge("softprompt_queue_rows", "Rows waiting for a model pass (autoscale on this)",
+                                registry=r)
+        self.dropped_rows = Counter("softprompt_dropped_rows", "Rows dropped before a pass, per reason (cancelled: "
+                                    "the client went away; deadline: waited past serve.request_timeout_s)",
+                                    ["reason"], registry=r)
 
     def observe_request(self, task: str, protocol: str, status: int, seconds: float) -> None:
         self.requests.labels(task, protocol, str(status)).inc()
@@ -51,6 +63,7 @@ class ServeMetrics:
             self.loaded.remove(task, old)
             self.swaps.labels(task).inc()
         self.loaded.labels(task, new).set(1)
+        self.swapped_at.labels(task).set_to_current_time()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -9,6 +9,8 @@ formatter needs only for targets or bookkeeping (labels, gold answers, ids) are 
 from __future__ import annotations
 
 import functools
+import json
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -22,19 +24,26 @@ _PROBES: dict[str, tuple[Any, Any]] = {"str": ("alpha beta gamma", "delta epsilo
                                        "bool": (False, True), "float": (0.0, 1.0),
                                        "list": ([], ["alpha"]), "dict": ({}, {"alpha": 1})}
 # v2 (Open Inference Protocol) tensor datatypes a field kind accepts; the first is the one model metadata names.
+# JSON carries every float the same way, so each float datatype of the protocol is accepted. A list field (ReCoRD's
+# entities) varies in length per instance, which a rectangular tensor cannot hold: it is a BYTES tensor whose
+# elements are JSON-encoded lists (metadata says so with the parameter content_type "json").
 V2_DATATYPES: dict[str, tuple[str, ...]] = {
-    "str": ("BYTES",), "bool": ("BOOL",), "float": ("FP32", "FP64"),
-    "int": ("INT64", "INT8", "INT16", "INT32", "UINT8", "UINT16", "UINT32", "UINT64"),
+    "str": ("BYTES",), "bool": ("BOOL",), "float": ("FP32", "FP64", "FP16", "BF16"),
+    "int": ("INT64", "INT8", "INT16", "INT32", "UINT8", "UINT16", "UINT32", "UINT64"), "list": ("BYTES",),
 }
+JSON_ENCODED = {"list"}  # field kinds sent in v2 as JSON text inside BYTES elements
+BINARY_UNSUPPORTED = ("the binary tensor extension is not supported; send every tensor as JSON in its \"data\" "
+                      "(no Inference-Header-Content-Length header, no binary_data parameters)")
 
 
 class RequestError(Exception):
     """A bad request: the HTTP status and a message that says what is wrong and what to send instead."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.retry_after = retry_after  # seconds, for a 503: when trying again is worth it
 
 
 @dataclass(frozen=True)
@@ -135,6 +144,8 @@ def v2_instances(task: Task, body: dict[str, Any], limits: Limits) -> list[dict[
     if not isinstance(tensors, list) or not tensors:
         raise RequestError(400, "inputs: expected a non-empty list of tensors "
                                 '({"name": FIELD, "shape": [N], "datatype": "BYTES", "data": [...]})')
+    if _asks_binary(body.get("outputs")):
+        raise RequestError(400, f"outputs: {BINARY_UNSUPPORTED}")
     columns: dict[str, list[Any]] = {}
     for i, tensor in enumerate(tensors):
         name, data = _v2_tensor(task, tensor, f"inputs[{i}]")
@@ -152,6 +163,8 @@ def v2_instances(task: Task, body: dict[str, Any], limits: Limits) -> list[dict[
 def _v2_tensor(task: Task, tensor: Any, where: str) -> tuple[str, list[Any]]:
     if not isinstance(tensor, dict):
         raise RequestError(400, f"{where}: expected a tensor object with name, shape, datatype and data")
+    if _asks_binary([tensor]):
+        raise RequestError(400, f"{where}: {BINARY_UNSUPPORTED}")
     name, shape, datatype, data = (tensor.get(k) for k in ("name", "shape", "datatype", "data"))
     if name not in task.fields or task.fields[name] == "label":
         raise RequestError(400, f"{where}: unknown field {name!r}; {task.name} takes {', '.join(input_fields(task))}")
@@ -165,10 +178,40 @@ def _v2_tensor(task: Task, tensor: Any, where: str) -> tuple[str, list[Any]]:
     if not isinstance(shape, list) or not shape or not all(isinstance(s, int) and s >= 0 for s in shape) \
             or any(s != 1 for s in shape[1:]):
         raise RequestError(400, f"{where}: shape must be [N] (or [N, 1]), got {shape!r}")
-    if not isinstance(data, list) or len(data) != shape[0]:
-        raise RequestError(400, f"{where}: data must be a list of {shape[0]} elements (the shape), "
-                                f"got {_kind(data)}")
-    return name, data
+    flat = _flatten(data) if isinstance(data, list) else None
+    if flat is None or len(flat) != math.prod(shape):
+        raise RequestError(400, f"{where}: data must be a list of {math.prod(shape)} elements (the shape), flat or "
+                                f"nested, got {_kind(data) if flat is None else f'{len(flat)} elements'}")
+    if kind in JSON_ENCODED:
+        flat = [_json_element(value, f"{where}.data[{j}]", name, kind) for j, value in enumerate(flat)]
+    return name, flat
+
+
+def _flatten(data: list[Any]) -> list[Any]:
+    """A tensor's elements in row-major order, whether `data` is flat or nested (both are valid v2 JSON)."""
+    out: list[Any] = []
+    for value in data:
+        out.extend(_flatten(value) if isinstance(value, list) else [value])
+    return out
+
+
+def _json_element(value: Any, where: str, name: str, kind: str) -> Any:
+    """A BYTES element carrying a JSON-encoded field value (a list field), decoded."""
+    try:
+        decoded = json.loads(value) if isinstance(value, str) else None
+    except json.JSONDecodeError:
+        decoded = None
+    if not isinstance(decoded, list):
+        raise RequestError(400, f"{where}: field {name!r} is a {kind}: send each element as JSON text of a list, "
+                                'e.g. "[\\"Paris\\", \\"France\\"]"')
+    return decoded
+
+
+def _asks_binary(tensors: Any) -> bool:
+    """Whether request tensors use the binary tensor extension (binary_data_size / binary_data parameters)."""
+    return isinstance(tensors, list) and any(
+        isinstance(t, dict) and isinstance(t.get("parameters"), dict)
+        and ("binary_data_size" in t["parameters"] or t["parameters"].get("binary_data") is True) for t in tensors)
 
 
 def _kind(value: Any) -> str:

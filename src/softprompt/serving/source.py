@@ -13,6 +13,7 @@ import multiprocessing
 import os
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from softprompt.errors import SoftpromptError
@@ -94,8 +95,15 @@ class RegistrySource:
         """
         if self._worker is None:
             self._worker = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
-        return self._worker.submit(_pull, str(self.root), task, number, str(self.cache / task / f"v{number}"),
-                                   self.settings.stage).result()
+        try:
+            return self._worker.submit(_pull, str(self.root), task, number, str(self.cache / task / f"v{number}"),
+                                       self.settings.stage).result()
+        except BrokenProcessPool:
+            # The helper died (killed, out of memory): a broken pool refuses all later work, so the next pull
+            # gets a new one. This pull fails; the server retries it with backoff.
+            self._worker.shutdown(wait=False, cancel_futures=True)
+            self._worker = None
+            raise
 
     def close(self) -> None:
         if self._worker is not None:
