@@ -141,6 +141,10 @@ def train(
     with progress_to_stderr():
         meta = run_train(task, model or params["model"], data, output, prompt_cfg, train_cfg, eval_cfg,
                          checkpoint_dir=checkpoint_dir, resume=resume, keep_checkpoints=keep_checkpoints)
+    from softprompt import distributed
+
+    if not distributed.is_main():  # under torchrun, rank 0 writes and reports; the others end here
+        return
     if loss_history is not None:
         from softprompt.plots import write_loss_history
 
@@ -474,6 +478,10 @@ def lm_adapt(
             if tokenizer is not None or vocab_size is not None:
                 raise SoftpromptError("--tokenizer and --vocab-size only apply with --from-scratch NAME")
             meta = run_lm_adapt(model or section["model"], corpus or section["corpus"], output, cfg, **options)
+    from softprompt import distributed
+
+    if not distributed.is_main():  # under torchrun, rank 0 reports
+        return
     keys = ("key", "output", "reused", "base_model", "objective", "steps_trained", "validation_loss_before",
             "validation_loss_after", "tokens_per_second")
     typer.echo(json.dumps({k: meta.get(k) for k in keys}, indent=2))
