@@ -26,6 +26,7 @@ LOSS_RTOL = 1e-5
 
 
 def run_train(args: list[str], cwd: Path, processes: int) -> subprocess.CompletedProcess:
+    """`softprompt train ARGS`, as one process or under torchrun with `processes` CPU ranks (gloo)."""
     launcher = ([str(BIN / "torchrun"), "--standalone", f"--nproc_per_node={processes}"] if processes > 1 else [])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # 2 ranks on 2 cores: no oversubscription
     proc = subprocess.run([*launcher, str(BIN / "softprompt"), "train", *args], cwd=cwd, env=env, text=True,
@@ -77,3 +78,56 @@ def test_without_a_process_group_shard_and_unshard_are_the_identity():
     assert not distributed.active() and distributed.world_size() == 1 and distributed.is_main()
     assert distributed.shard(items) == items and distributed.unshard(items) == items
     assert distributed.broadcast("x") == "x"
+
+
+def t5_with_blocks(path: Path, layers: int) -> tuple[Path, int, int]:
+    """A random T5 (byte tokenizer) whose weights are mostly in its `layers` encoder + decoder blocks; returns
+    its directory and the bytes of its block weights and of the rest."""
+    from transformers import ByT5Tokenizer, T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    model = T5ForConditionalGeneration(T5Config(vocab_size=384, d_model=64, d_kv=16, d_ff=256, num_layers=layers,
+                                                num_heads=4, dropout_rate=0.0, decoder_start_token_id=0,
+                                                feed_forward_proj="gated-gelu", tie_word_embeddings=False))
+    model.save_pretrained(path)
+    ByT5Tokenizer().save_pretrained(path)
+    blocks = {id(p) for stack in (model.encoder, model.decoder) for p in stack.block.parameters()}
+    size = {True: 0, False: 0}
+    for p in model.parameters():
+        size[id(p) in blocks] += p.numel() * p.element_size()
+    return path, size[True], size[False]
+
+
+@pytest.mark.slow
+def test_fsdp_shards_the_frozen_blocks_and_trains_the_ddp_prompt(rte_dir, tmp_path):
+    model, block_bytes, rest_bytes = t5_with_blocks(tmp_path / "t5", layers=4)
+    common = ["--task", "rte", "--model", str(model), "--data", str(rte_dir), "--steps", "4", "--batch-size", "8",
+              "--prompt-length", "4", "--eval-every", "2", "--seed", "3"]
+    run_train([*common, "--output", "ddp", "--loss-history", "ddp.csv"], tmp_path, 2)
+    run_train([*common, "--output", "fsdp", "--loss-history", "fsdp.csv", "--fsdp"], tmp_path, 2)
+
+    # FSDP gathers each block's exact weights for its forward: the same sums as DDP, in the same order, up to
+    # the gather's copies; the prompt's gradient is DDP's all-reduce in both runs (tolerances as above)
+    ddp, fsdp = loss_rows(tmp_path / "ddp.csv"), loss_rows(tmp_path / "fsdp.csv")
+    assert [s for s, _ in fsdp] == [s for s, _ in ddp] == [1, 2, 3, 4]
+    assert [x for _, x in fsdp] == pytest.approx([x for _, x in ddp], rel=LOSS_RTOL)
+    assert torch.allclose(prompt(tmp_path / "fsdp"), prompt(tmp_path / "ddp"), rtol=0, atol=PROMPT_ATOL)
+
+    # measured on each rank at the end of training: the blocks' weights are halved, the rest replicated
+    placed = {name: json.loads((tmp_path / name / "softprompt.json").read_text())["placement"]
+              for name in ("ddp", "fsdp")}
+    assert placed["fsdp"]["fsdp"] and not placed["ddp"]["fsdp"]
+    assert placed["ddp"]["frozen_bytes_per_process"] == block_bytes + rest_bytes
+    assert placed["fsdp"]["frozen_bytes_per_process"] == block_bytes // 2 + rest_bytes
+    assert placed["fsdp"]["frozen_bytes_per_process"] < placed["ddp"]["frozen_bytes_per_process"]
+
+
+def test_fsdp_needs_several_processes(rte_dir, tmp_path):
+    from softprompt.config import PromptConfig, TrainConfig
+    from softprompt.errors import SoftpromptError
+    from softprompt.training import train
+
+    with pytest.raises(SoftpromptError, match="--fsdp needs several processes: launch with torchrun"):
+        train("rte", "tiny", rte_dir, tmp_path / "p", PromptConfig(length=2),
+              TrainConfig(steps=1, batch_size=8, eval_every=1, max_source_length=64, fsdp=True), progress=False)
+    assert not (tmp_path / "p").exists()

@@ -120,6 +120,7 @@ def train(
                                              doc=TrainConfig)] = None,
     target_sentinel: Annotated[bool | None, setting("train.target_sentinel", "--target-sentinel/--no-target-sentinel",
                                                     doc=TrainConfig)] = None,
+    fsdp: Annotated[bool | None, setting("train.fsdp", "--fsdp/--no-fsdp", doc=TrainConfig)] = None,
     checkpoint_dir: Annotated[Path | None, typer.Option(
         help="Checkpoints go to CHECKPOINT_DIR/KEY (default OUTPUT.checkpoints/KEY), KEY naming the run: task, "
              "method, base, data, prompt length, init, seed, optimizer and lengths.")] = None,
@@ -137,7 +138,7 @@ def train(
         params, prompt_length=prompt_length, init=init and init.value, method=method and method.value, steps=steps,
         batch_size=batch_size, lr=lr, seed=seed, eval_every=eval_every,
         early_stopping_patience=early_stopping_patience, grad_accumulation=grad_accumulation, taskless=taskless,
-        target_sentinel=target_sentinel)
+        target_sentinel=target_sentinel, fsdp=fsdp)
     with progress_to_stderr():
         meta = run_train(task, model or params["model"], data, output, prompt_cfg, train_cfg, eval_cfg,
                          checkpoint_dir=checkpoint_dir, resume=resume, keep_checkpoints=keep_checkpoints)

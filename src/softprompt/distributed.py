@@ -20,7 +20,10 @@ import os
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
+import torch
 import torch.distributed as dist
+
+from softprompt.errors import SoftpromptError
 
 T = TypeVar("T")
 
@@ -83,8 +86,47 @@ def unshard(part: Sequence[Any]) -> list[Any]:
 def trainer_overrides() -> dict[str, Any]:
     """TrainingArguments for torchrun's ranks on CPUs: accelerate starts a CPU process group (gloo) only when told
     the run is on CPU; otherwise each rank would train alone on the whole batch, unsynchronized."""
-    import torch
-
     if world_size() > 1 and not torch.cuda.is_available():
         return {"use_cpu": True, "ddp_backend": "gloo"}
     return {}
+
+
+def shard_frozen_blocks(model: torch.nn.Module, block_types: tuple[type, ...]) -> int:
+    """Shard the frozen transformer blocks of `model` over the ranks with FSDP2 (`fully_shard`): each rank keeps
+    1/world of every block's weights and gathers a block only for its forward. Everything else (the soft prompt,
+    the embeddings and the head) stays replicated. Returns the number of blocks sharded.
+
+    Only frozen blocks are sharded (a block with a trainable weight is refused): their weights need no
+    gradient reduce-scatter, so gloo (CPU) runs it as NCCL does. The replicated trainable weights are
+    synchronised by the DDP the Trainer wraps the model in, told here to leave the sharded ones alone.
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.nn.parallel import DistributedDataParallel
+
+    if not active():
+        raise SoftpromptError("--fsdp needs several processes: launch with torchrun --nproc_per_node N")
+    blocks = [m for m in model.modules() if isinstance(m, block_types)]
+    if not blocks:
+        raise SoftpromptError(f"--fsdp: the model has no {'/'.join(t.__name__ for t in block_types)} to shard")
+    trainable = [n for b in blocks for n, p in b.named_parameters() if p.requires_grad]
+    if trainable:
+        raise SoftpromptError(f"--fsdp shards frozen blocks only, and {trainable[0]} trains; use --method prompt")
+    mesh = init_device_mesh("cuda" if torch.cuda.is_available() else "cpu", (dist.get_world_size(),))
+    for block in blocks:
+        fully_shard(block, mesh=mesh, reshard_after_forward=True)
+    sharded = {id(p) for b in blocks for p in b.parameters()} | {id(x) for b in blocks for x in b.buffers()}
+    ignore = [n for n, p in [*model.named_parameters(), *model.named_buffers()] if id(p) in sharded]
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ignore)
+    return len(blocks)
+
+
+def local_bytes(params: Any) -> int:
+    """Bytes of `params` held by this rank: a sharded (DTensor) weight counts its local shard only."""
+    from torch.distributed.tensor import DTensor
+
+    total = 0
+    for p in params:
+        local = p.to_local() if isinstance(p, DTensor) else p
+        total += local.numel() * local.element_size()
+    return total

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
+from transformers.models.t5.modeling_t5 import T5Block
 from transformers.trainer_utils import get_last_checkpoint
 
 from softprompt import __version__, distributed, xla
@@ -234,7 +235,9 @@ def train(
     def score_fn(m: Any) -> dict[str, Any]:
         return sharded_score(m, encoding, task, val_examples, eval_cfg)
 
-    args = training_arguments(cfg, checkpoint_dir, bool(val_examples), SCORE, progress)
+    args = training_arguments(cfg, checkpoint_dir, bool(val_examples), SCORE, progress)  # starts torchrun's group
+    if cfg.fsdp:
+        distributed.shard_frozen_blocks(model, (T5Block,))
     callbacks = list(callbacks or [])
     if cfg.early_stopping_patience and val_examples:
         callbacks.append(EarlyStoppingCallback(cfg.early_stopping_patience))
@@ -276,7 +279,9 @@ def train(
         "loss_curve": [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h],
         "validation_curve": validation_curve(trainer),
         "best_step": best_step(trainer),
-        "placement": {**xla.placement(trainer.model), "batch_per_process": args.per_device_train_batch_size},
+        "placement": {**xla.placement(trainer.model), "batch_per_process": args.per_device_train_batch_size,
+                      "fsdp": cfg.fsdp, "frozen_bytes_per_process": distributed.local_bytes(
+                          p for p in trainer.model.parameters() if not p.requires_grad)},
         **(extra_meta or {}),
     }
     if trainer.is_world_process_zero():  # one writer when several processes train (TPU chips, torchrun)
@@ -322,10 +327,11 @@ def sharded_score(model: Any, encoding: Encoding, task: Task, examples: list[Exa
 
 
 def fsdp_enabled(model: Any) -> bool:
-    """The model (or a module in it) is wrapped by FSDP, whose forward gathers weights from every rank."""
-    from torch.distributed.fsdp import FullyShardedDataParallel
+    """A module of the model is sharded by FSDP (`--fsdp`, or FSDP1 wrapping), whose forward gathers weights
+    from every rank."""
+    from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
 
-    return any(isinstance(m, FullyShardedDataParallel) for m in model.modules())
+    return any(isinstance(m, FSDPModule | FullyShardedDataParallel) for m in model.modules())
 
 
 def last_checkpoint(checkpoint_dir: Path, resume: bool) -> str | None:
