@@ -25,14 +25,18 @@ PROMPT_ATOL = 1e-5
 LOSS_RTOL = 1e-5
 
 
-def run_train(args: list[str], cwd: Path, processes: int) -> subprocess.CompletedProcess:
-    """`softprompt train ARGS`, as one process or under torchrun with `processes` CPU ranks (gloo)."""
+def run_cli(args: list[str], cwd: Path, processes: int) -> subprocess.CompletedProcess:
+    """`softprompt ARGS`, as one process or under torchrun with `processes` CPU ranks (gloo)."""
     launcher = ([str(BIN / "torchrun"), "--standalone", f"--nproc_per_node={processes}"] if processes > 1 else [])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # 2 ranks on 2 cores: no oversubscription
-    proc = subprocess.run([*launcher, str(BIN / "softprompt"), "train", *args], cwd=cwd, env=env, text=True,
+    proc = subprocess.run([*launcher, str(BIN / "softprompt"), *args], cwd=cwd, env=env, text=True,
                           capture_output=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
+
+
+def run_train(args: list[str], cwd: Path, processes: int) -> subprocess.CompletedProcess:
+    return run_cli(["train", *args], cwd, processes)
 
 
 def prompt(path: Path) -> torch.Tensor:
@@ -131,3 +135,26 @@ def test_fsdp_needs_several_processes(rte_dir, tmp_path):
         train("rte", "tiny", rte_dir, tmp_path / "p", PromptConfig(length=2),
               TrainConfig(steps=1, batch_size=8, eval_every=1, max_source_length=64, fsdp=True), progress=False)
     assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_lm_adapt_as_one_process_does(tmp_path):
+    """LM adaptation (the whole model trains) under torchrun: the ranks' gradients are all-reduced (the model is
+    wrapped in DDP), so the loss curve and the validation losses are the 1-process ones."""
+    words = ("the", "cat", "sat", "on", "a", "mat", "while", "dogs", "ran", "in", "parks", "and", "birds", "sang")
+    lines = [" ".join(words[(i * 7 + j) % len(words)] for j in range(40 + i % 20)) for i in range(200)]
+    (tmp_path / "corpus.txt").write_text("\n".join(lines))
+    common = ["lm-adapt", "--model", "tiny", "--corpus", "corpus.txt", "--steps", "3", "--batch-size", "8",
+              "--max-source-length", "32", "--max-target-length", "32", "--eval-every", "2", "--eval-examples", "8",
+              "--seed", "0"]
+    run_cli([*common, "--output", "one"], tmp_path, 1)
+    two = run_cli([*common, "--output", "two"], tmp_path, 2)
+    one_meta, two_meta = (json.loads((tmp_path / n / "lm_adapt_metrics.json").read_text()) for n in ("one", "two"))
+    assert two_meta["placement"]["processes"] == 2
+    assert [r["step"] for r in two_meta["loss_curve"]] == [r["step"] for r in one_meta["loss_curve"]] == [1, 2, 3]
+    assert [r["loss"] for r in two_meta["loss_curve"]] == pytest.approx([r["loss"] for r in one_meta["loss_curve"]],
+                                                                         rel=LOSS_RTOL)
+    for key in ("validation_loss_before", "validation_loss_after"):
+        assert two_meta[key] == pytest.approx(one_meta[key], rel=LOSS_RTOL)
+    assert two_meta["tokens_trained"] == one_meta["tokens_trained"]
+    assert two.stdout.count("wrote two") == 1

@@ -375,7 +375,11 @@ def _train(base: Base, corpus: Corpus, val_corpus: Corpus | None, cfg: LMAdaptCo
                               # under torchrun each rank reads the stream and keeps its share of every global
                               # batch (accelerate's IterableDatasetShard); dispatching would have rank 0 join
                               # batches the collator padded to different lengths, which fails
-                              accelerator_config={"dispatch_batches": False})
+                              accelerator_config={"dispatch_batches": False},
+                              # the loss before training, scored inside train(): an evaluate() call before
+                              # train() marks the model prepared, and accelerate then never wraps it in DDP,
+                              # so under torchrun each rank would train on its own share, unsynchronised
+                              eval_on_start=True)
     trainer = TokenCountingTrainer(
         model=model, args=args, train_dataset=train_set, eval_dataset=val_rows,
         # static shapes on XLA: the objective's target length (span corruption's is fixed), a mixture's rows up
@@ -384,7 +388,6 @@ def _train(base: Base, corpus: Corpus, val_corpus: Corpus | None, cfg: LMAdaptCo
                                    cfg.max_target_length if mixture else objective.target_length),
         optimizer_cls_and_kwargs=adafactor(train_cfg),
     )
-    before = trainer.evaluate()["eval_loss"]
     last = last_checkpoint(ckpt, resume)
     started = time.time()
     trainer.train(resume_from_checkpoint=last)
@@ -393,6 +396,10 @@ def _train(base: Base, corpus: Corpus, val_corpus: Corpus | None, cfg: LMAdaptCo
     close_tensorboard(trainer)
     tokens = trainer.total_tokens()
     history = trainer.state.log_history
+    # every evaluation by step (a resumed run evaluates again at its start step; the later score wins); the
+    # first is step 0's, before any training (a resumed run has it from its checkpoint's history)
+    evaluations = {h["step"]: h["eval_loss"] for h in history if "eval_loss" in h}
+    before = evaluations[min(evaluations)]
     return trainer, {
         "softprompt_version": __version__,
         "base_model": base.name,
@@ -407,7 +414,7 @@ def _train(base: Base, corpus: Corpus, val_corpus: Corpus | None, cfg: LMAdaptCo
         "validation_loss_before": before,
         "validation_loss_after": after,
         "loss_curve": [{"step": h["step"], "loss": h["loss"]} for h in history if "loss" in h],
-        "validation_loss_curve": [{"step": h["step"], "loss": h["eval_loss"]} for h in history if "eval_loss" in h],
+        "validation_loss_curve": [{"step": step, "loss": loss} for step, loss in sorted(evaluations.items())],
         "train_seconds": round(seconds, 2),
         "tokens_trained": tokens,
         "tokens_per_second": round(tokens / seconds, 1) if seconds > 0 else None,
