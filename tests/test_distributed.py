@@ -77,6 +77,37 @@ def test_two_gloo_processes_train_the_one_process_prompt_and_rank0_writes_once(r
     assert sorted(p.name for p in tmp_path.iterdir()) == ["RTE", "one", "one.csv", "two", "two.csv"]
 
 
+def _shard_roundtrip(rank: int, world: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        items = list(range(7))  # 7 over 2 ranks: 4 and 3
+        mine = distributed.shard(items)
+        gathered = distributed.unshard([f"p{i}" for i in mine])
+        chosen = distributed.broadcast(f"rank{rank}")
+        Path(out, f"{rank}.json").write_text(json.dumps({"mine": mine, "gathered": gathered, "chosen": chosen}))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_shard_unshard_and_broadcast_over_a_gloo_group(tmp_path):
+    """Sharded evaluation's building blocks on 2 real gloo ranks, with shares of unequal size: every rank gets
+    the predictions back in the original order, and rank 0's value."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_shard_roundtrip, args=(2, port, str(tmp_path)), nprocs=2)
+    results = [json.loads((tmp_path / f"{r}.json").read_text()) for r in (0, 1)]
+    assert [r["mine"] for r in results] == [[0, 2, 4, 6], [1, 3, 5]]
+    assert all(r["gathered"] == [f"p{i}" for i in range(7)] for r in results)
+    assert all(r["chosen"] == "rank0" for r in results)
+
+
 def test_without_a_process_group_shard_and_unshard_are_the_identity():
     items = list(range(5))
     assert not distributed.active() and distributed.world_size() == 1 and distributed.is_main()
