@@ -35,12 +35,11 @@ from typing import Annotated, Any
 import typer
 
 from softprompt.cluster import (
-    BASE_VARIANT,
     RESOURCES,
     TPU_TOPOLOGY_LABEL,
     accelerator_request,
-    image,
     machine,
+    pool_request,
     topology_chips,
 )
 from softprompt.config import load_params
@@ -122,9 +121,7 @@ def _tpu_placement(name: str, spec: dict[str, Any], nodes: int, params: dict[str
                               f"host(s); set cluster.nodes to {hosts} or leave it at 1")
     if hosts == 1:
         return None
-    request = {"resource": spec["resource"], "count": per_host, "node_selector": dict(spec["node_selector"]),
-               "taint": dict(spec["taint"]), "image": image(spec.get("image", BASE_VARIANT), params)}
-    return Placement(name, hosts, per_host, request)
+    return Placement(name, hosts, per_host, pool_request(spec, per_host, params))
 
 
 # ------------------------------------------------------------------------------------------- the objects
