@@ -139,10 +139,15 @@ def child(args: argparse.Namespace) -> None:
     # it creates moves a median by several percent on a 2-core machine.
     step = statistics.mean(times[:max(1, len(times) // 2)])
     tokens = args.batch * (args.text_len + (args.prompt_len if args.method == "prompt" else 0))
-    print(json.dumps({"impl": args.impl, "method": args.method, "seconds_per_step": step,
-                      "encoder_tokens_per_second": tokens / step, "peak_memory_mb": peak_memory_mb(),
-                      "steps_timed": len(times), "rank": int(os.environ.get("RANK", "0")),
-                      **{k: v for k, v in result.items() if k != "step_times"}}))
+    rank = int(os.environ.get("RANK", "0"))
+    line = json.dumps({"impl": args.impl, "method": args.method, "seconds_per_step": step,
+                       "encoder_tokens_per_second": tokens / step, "peak_memory_mb": peak_memory_mb(),
+                       "steps_timed": len(times), "rank": rank,
+                       **{k: v for k, v in result.items() if k != "step_times"}})
+    if args.work_dir:  # under torchrun: one file per rank (the ranks' stdout lines interleave)
+        Path(args.work_dir, f"result-{rank}.json").write_text(line)
+    else:
+        print(line)
 
 
 def measure(model_dir: Path, impl: str, method: str, total_len: int, prompt_len: int, batch: int, steps: int,
@@ -215,7 +220,7 @@ def measure_processes(model_dir: Path, processes: int, fsdp: bool, text_len: int
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     if proc.returncode != 0:
         raise SystemExit(f"benchmark run failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
-    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{"')]  # not the Trainer's logs
+    rows = [json.loads(path.read_text()) for path in sorted(work.glob("result-*.json"))]
     if sorted(r["rank"] for r in rows) != list(range(processes)):
         raise SystemExit(f"expected one result per rank, got {rows}")
     return rows
