@@ -237,6 +237,7 @@ def compare_processes(args: argparse.Namespace) -> None:
     total, prompt_len = 128, 20
     variants = [(n, False) for n in counts] + ([(n, True) for n in counts if n > 1] if args.fsdp else [])
     best: dict[str, dict] = {}
+    load_before = os.getloadavg()[0]  # the machine is shared: its load says how far the times can be trusted
     for repeat in range(args.repeats):  # interleaved; each variant keeps its fastest run (load only adds time)
         for n, fsdp in variants:
             rows = measure_processes(model_dir, n, fsdp, total - prompt_len, prompt_len, args.batch, args.steps,
@@ -256,12 +257,15 @@ def compare_processes(args: argparse.Namespace) -> None:
     gpus = torch.cuda.device_count()
     report = {"device": f"cuda x{gpus}: {torch.cuda.get_device_name()}" if gpus else f"cpu x{os.cpu_count()} (gloo)",
               "config": cfg, "global_batch": args.batch, "total_encoder_length": total, "prompt_length": prompt_len,
-              "steps": args.steps, "runs": best, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+              "steps": args.steps, "runs": best, "load_average_1min": [load_before, os.getloadavg()[0]],
+              "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "train_step_processes.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = ["# softprompt train: 1 vs N processes (torchrun)", "",
              f"Device: {report['device']}; global batch {args.batch} split over the processes; encoder length "
-             f"{total} (prompt {prompt_len} + text); T5 1.1 {'tiny' if args.quick else 'small'}-sized base.", "",
+             f"{total} (prompt {prompt_len} + text); T5 1.1 {'tiny' if args.quick else 'small'}-sized base. Load "
+             f"average (1 min) {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end, on "
+             f"{os.cpu_count()} cores: the fastest of {args.repeats} interleaved runs is kept.", "",
              "| run | s/step | examples/s | vs 1 process | peak RSS MB per rank | frozen weights MB per rank |",
              "|---|---|---|---|---|---|"]
     for name, r in best.items():
