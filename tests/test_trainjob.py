@@ -255,6 +255,7 @@ def test_the_step_submits_the_job_waits_and_brings_back_rank0s_prompt(tmp_path, 
     uploaded.mkdir()
     (uploaded / "softprompt.json").write_text('{"task": "rte", "steps_trained": 10}')
     (uploaded / "adapter_model.safetensors").write_bytes(b"weights")
+    (uploaded / gcs.MANIFEST).write_text("{}")  # download_prefix's record of what it fetched
     monkeypatch.setattr(gcs, "download_prefix", lambda uri, root: uploaded if uri == "gs://b/p.trainjob" else None)
 
     class Api(FakeApi):
@@ -274,3 +275,25 @@ def test_the_step_submits_the_job_waits_and_brings_back_rank0s_prompt(tmp_path, 
     assert '"seed": 7' in command[command.index("--overrides") + 1]
     assert meta == {"task": "rte", "steps_trained": 10}
     assert (tmp_path / "prompt" / "adapter_model.safetensors").read_bytes() == b"weights"
+    assert sorted(p.name for p in (tmp_path / "prompt").iterdir()) == ["adapter_model.safetensors", "softprompt.json"]
+
+
+def test_each_node_fetches_data_and_base_and_only_rank0_uploads(tmp_path, monkeypatch):
+    from softprompt import gcs, pipeline_steps, trainjob
+
+    calls: dict = {"upload": []}
+    monkeypatch.setattr(pipeline_steps, "fetch_validated", lambda data, fp, work: Path(f"/local/{fp}"))
+    monkeypatch.setattr(gcs, "download_prefix", lambda uri, root: Path(root) / "copy-of" / uri[5:])
+    monkeypatch.setattr(pipeline_steps, "train_step",
+                        lambda task, data, model, out, profile, data_meta, **kw: calls.update(
+                            train=(task, str(data), str(model), profile, data_meta, kw)))
+    monkeypatch.setattr(gcs, "upload_dir", lambda local, uri: calls["upload"].append(uri))
+    args = dict(task="rte", data="gs://b/data", fingerprint="fp", base="gs://b/base", output="gs://b/out",
+                overrides='{"seed": 3, "steps": 10}', profile="paper")
+    for rank in ("1", "0"):
+        monkeypatch.setenv("RANK", rank)
+        trainjob.node(**args)
+    task, data, model, profile, data_meta, kw = calls["train"]
+    assert (task, data, profile, kw) == ("rte", "/local/fp", "paper", {"seed": 3, "steps": 10})
+    assert model.endswith("copy-of/b/base") and data_meta == {"fingerprint": "fp", "location": "gs://b/data"}
+    assert calls["upload"] == ["gs://b/out"]  # rank 0 only

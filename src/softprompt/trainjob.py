@@ -290,6 +290,7 @@ def run_train_job(task: str, data: str, fingerprint: str, base_uri: str, output:
     wait_for(api, namespace, name, kind)
     local = gcs.download_prefix(staging_uri, tempfile.mkdtemp())
     copy_dir(local, output)
+    (Path(output) / gcs.MANIFEST).unlink(missing_ok=True)  # the download's record, not part of the prompt
     return json.loads((Path(output) / META_FILE).read_text(encoding="utf-8"))
 
 
@@ -311,7 +312,9 @@ def node(task: Annotated[str, typer.Option()], data: Annotated[str, typer.Option
 
     work = Path(tempfile.mkdtemp(prefix="softprompt-node-"))
     local = fetch_validated(data, fingerprint, work / "data")
-    train_step(task, local, base, work / "prompt", profile,
+    # the lm-adapt step's output artifact (a checkpoint, or a reference to the base model), on GCS
+    model = gcs.download_prefix(base, work / "base") if base.startswith("gs://") else Path(base)
+    train_step(task, local, model, work / "prompt", profile,
                data_meta={"fingerprint": fingerprint, "location": data}, **json.loads(overrides))
     # rank 0 of torchrun's ranks, and on a TPU slice host 0 (GKE numbers the hosts in TPU_WORKER_ID)
     if distributed.is_main() and os.environ.get("TPU_WORKER_ID", "0") == "0":
