@@ -210,14 +210,16 @@ def main() -> None:
 
 
 def measure_processes(model_dir: Path, processes: int, fsdp: bool, text_len: int, prompt_len: int, batch: int,
-                      steps: int, warmup: int) -> list[dict]:
-    """softprompt train on `processes` torchrun ranks (global batch `batch`): one JSON row per rank."""
+                      steps: int, warmup: int, threads: int | None = None) -> list[dict]:
+    """softprompt train on `processes` torchrun ranks (global batch `batch`): one JSON row per rank. `threads`
+    sets OMP_NUM_THREADS (torchrun's default: 1 per rank with several ranks, torch's own with one)."""
     work = Path(tempfile.mkdtemp())
     launcher = [str(Path(sys.executable).parent / "torchrun"), "--standalone", f"--nproc_per_node={processes}"]
     cmd = [*launcher, __file__, "--child", "--impl", "softprompt", "--method", "prompt", "--model-dir",
            str(model_dir), "--text-len", str(text_len), "--prompt-len", str(prompt_len), "--batch", str(batch),
            "--steps", str(steps), "--warmup", str(warmup), "--work-dir", str(work), *(["--fsdp"] if fsdp else [])]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"benchmark run failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
     rows = [json.loads(path.read_text()) for path in sorted(work.glob("result-*.json"))]
@@ -235,14 +237,16 @@ def compare_processes(args: argparse.Namespace) -> None:
     cfg = TINY if args.quick else SMALL
     model_dir = make_model_dir(cfg, Path(tempfile.mkdtemp()) / "model")
     total, prompt_len = 128, 20
-    variants = [(n, False) for n in counts] + ([(n, True) for n in counts if n > 1] if args.fsdp else [])
+    # (processes, fsdp, OMP threads): 1 process on every core, and on one core, which a loaded machine can favour
+    variants = ([(n, False, None) for n in counts] + ([(1, False, 1)] if 1 in counts else [])
+                + ([(n, True, None) for n in counts if n > 1] if args.fsdp else []))
     best: dict[str, dict] = {}
     load_before = os.getloadavg()[0]  # the machine is shared: its load says how far the times can be trusted
     for repeat in range(args.repeats):  # interleaved; each variant keeps its fastest run (load only adds time)
-        for n, fsdp in variants:
+        for n, fsdp, threads in variants:
             rows = measure_processes(model_dir, n, fsdp, total - prompt_len, prompt_len, args.batch, args.steps,
-                                     args.warmup)
-            key = f"{n} process{'es' if n > 1 else ''}" + (" fsdp" if fsdp else "")
+                                     args.warmup, threads)
+            key = f"{n} process{'es' if n > 1 else ''}" + (" fsdp" if fsdp else "") + (" 1 thread" if threads else "")
             main = next(r for r in rows if r["rank"] == 0)
             row = {"processes": n, "fsdp": fsdp, "seconds_per_step": main["seconds_per_step"],
                    "examples_per_second": args.batch / main["seconds_per_step"],
