@@ -15,12 +15,18 @@ def train_prompt(task: str, data: str, data_fingerprint: str, base: Input[Model]
     `curves` (HTML) plots the training loss and the validation score over steps."""
     import tempfile
 
+    from softprompt.config import load_params
     from softprompt.pipeline_steps import fetch_validated, log_metrics, train_reports, train_step
+    from softprompt.trainjob import placement, run_train_job
 
-    local = fetch_validated(data, data_fingerprint, tempfile.mkdtemp())
-    meta = train_step(task, local, base.path, prompt.path, profile or None,
-                      data_meta={"fingerprint": data_fingerprint, "location": data}, prompt_length=prompt_length,
-                      init=init, steps=steps, batch_size=batch_size, lr=learning_rate, seed=seed)
+    overrides = dict(prompt_length=prompt_length, init=init, steps=steps, batch_size=batch_size, lr=learning_rate)
+    if placement(load_params(profile or None)):  # params.yaml cluster: more than one node or GPU: a TrainJob
+        meta = run_train_job(task, data, data_fingerprint, base.uri, prompt.path, prompt.uri + ".trainjob",
+                             profile or None, seed, overrides)
+    else:
+        local = fetch_validated(data, data_fingerprint, tempfile.mkdtemp())
+        meta = train_step(task, local, base.path, prompt.path, profile or None,
+                          data_meta={"fingerprint": data_fingerprint, "location": data}, seed=seed, **overrides)
     log_metrics(metrics, train_reports(prompt.path, curves.path))
     validation = meta["metrics"]["validation"]
     prompt.metadata.update({"task": task, "seed": seed, "base_model": meta["base_model"],

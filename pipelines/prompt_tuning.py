@@ -34,6 +34,7 @@ from components.train import train_prompt
 from components.validate import validate_data
 from softprompt.cluster import accelerator_request
 from softprompt.config import load_params
+from softprompt.trainjob import placement
 
 PIPELINE_NAME = "softprompt-prompt-tuning"
 
@@ -164,10 +165,12 @@ def build_pipeline(profile: str | None = None, on_cluster: bool = True):
                                          promotion_margin=promotion_margin, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
         registered.set_caching_options(False)  # it changes the registry: never replay it from cache
         if on_cluster:
-            for step in (base, trained, scored):
+            # with several nodes or GPUs (softprompt.trainjob) the train step only submits a TrainJob and waits
+            job = placement(params) is not None
+            for step in (base, scored) if job else (base, trained, scored):
                 use_accelerator(step, cluster, params)
                 request(step, cluster, "heavy")
-            for step in (check, registered):
+            for step in (check, registered, trained) if job else (check, registered):
                 use_cpu_pool(step, cluster)
                 request(step, cluster, "light")
             for step in (base, trained):

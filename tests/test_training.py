@@ -178,8 +178,8 @@ def test_reported_metrics_are_those_of_the_saved_prompt_scored_once(rte_dir, tmp
     from softprompt.evaluation import run_evaluation
 
     calls = []
-    real = training.evaluate_examples
-    monkeypatch.setattr(training, "evaluate_examples", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = training.predict
+    monkeypatch.setattr(training, "predict", lambda *a, **k: calls.append(1) or real(*a, **k))
     meta = train("rte", "tiny", rte_dir, tmp_path / "p", PromptConfig(length=4), small_cfg(steps=8, eval_every=4),
                  progress=False)
     assert len(calls) == 2  # steps 4 and 8; none after training

@@ -126,6 +126,7 @@ def train(
                                              doc=TrainConfig)] = None,
     target_sentinel: Annotated[bool | None, setting("train.target_sentinel", "--target-sentinel/--no-target-sentinel",
                                                     doc=TrainConfig)] = None,
+    fsdp: Annotated[bool | None, setting("train.fsdp", "--fsdp/--no-fsdp", doc=TrainConfig)] = None,
     checkpoint_dir: Annotated[Path | None, typer.Option(
         help="Checkpoints go to CHECKPOINT_DIR/KEY (default OUTPUT.checkpoints/KEY), KEY naming the run: task, "
              "method, base, data, prompt length, init, seed, optimizer and lengths.")] = None,
@@ -143,10 +144,14 @@ def train(
         params, prompt_length=prompt_length, init=init and init.value, method=method and method.value, steps=steps,
         batch_size=batch_size, lr=lr, seed=seed, eval_every=eval_every,
         early_stopping_patience=early_stopping_patience, grad_accumulation=grad_accumulation, taskless=taskless,
-        target_sentinel=target_sentinel)
+        target_sentinel=target_sentinel, fsdp=fsdp)
     with progress_to_stderr():
         meta = run_train(task, model or params["model"], data, output, prompt_cfg, train_cfg, eval_cfg,
                          checkpoint_dir=checkpoint_dir, resume=resume, keep_checkpoints=keep_checkpoints)
+    from softprompt import distributed
+
+    if not distributed.is_main():  # under torchrun, rank 0 writes and reports; the others end here
+        return
     if loss_history is not None:
         from softprompt.plots import write_loss_history
 
@@ -482,6 +487,10 @@ def lm_adapt(
             if tokenizer is not None or vocab_size is not None:
                 raise SoftpromptError("--tokenizer and --vocab-size only apply with --from-scratch NAME")
             meta = run_lm_adapt(model or section["model"], corpus or section["corpus"], output, cfg, **options)
+    from softprompt import distributed
+
+    if not distributed.is_main():  # under torchrun, rank 0 reports
+        return
     keys = ("key", "output", "reused", "base_model", "objective", "steps_trained", "validation_loss_before",
             "validation_loss_after", "tokens_per_second")
     typer.echo(json.dumps({k: meta.get(k) for k in keys}, indent=2))

@@ -137,6 +137,11 @@ def accelerator_request(name: str, params: dict[str, Any] | None = None) -> dict
     count = int(cluster["accelerator_count"])
     if RESOURCES.get(spec["resource"]) == "tpu":
         count = tpu_chips_per_host(name, spec)
+    return pool_request(spec, count, params)
+
+
+def pool_request(spec: dict[str, Any], count: int, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`count` accelerators of pool `spec` (a `cluster.accelerators` entry): resource, node selector, taint, image."""
     return {"resource": spec["resource"], "count": count, "node_selector": dict(spec["node_selector"]),
             "taint": dict(spec["taint"]), "image": image(spec.get("image", BASE_VARIANT), params)}
 

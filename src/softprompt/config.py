@@ -212,6 +212,8 @@ class TrainConfig:
     taskless: bool = described("Drop the task-name prefix from inputs (paper's taskless variant).", _T["taskless"])
     target_sentinel: bool = described("Prepend the first sentinel token to every target (span corruption + "
                                   "sentinel setting).", _T["target_sentinel"])
+    fsdp: bool = described("Under torchrun, shard the frozen base's transformer blocks over the processes (FSDP2) "
+                           "so each holds 1/N of them; the prompt stays replicated.", _T["fsdp"])
 
     def __post_init__(self) -> None:
         check_choice(Method, self.method, "method")

@@ -16,6 +16,8 @@ import google_crc32c
 from softprompt.errors import SoftpromptError
 from softprompt.io import atomic_dir, write_json
 
+MANIFEST = ".softprompt-gcs-manifest.json"  # in each downloaded copy: what it was downloaded from
+
 
 def split_uri(uri: str) -> tuple[str, str]:
     """`gs://bucket/some/prefix` -> ("bucket", "some/prefix")."""
@@ -58,7 +60,7 @@ def download_prefix(uri: str, cache_root: str | Path) -> Path:
         raise SoftpromptError(f"{uri}: no objects under this prefix; check the bucket and path")
     manifest = {b.name[len(prefix):].lstrip("/"): {"generation": b.generation, "crc32c": b.crc32c} for b in blobs}
     target = Path(cache_root) / bucket_name / prefix
-    manifest_path = target / ".softprompt-gcs-manifest.json"
+    manifest_path = target / MANIFEST
     if manifest_path.is_file() and json.loads(manifest_path.read_text()) == manifest:
         return target
     with atomic_dir(target) as tmp:

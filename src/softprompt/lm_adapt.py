@@ -16,11 +16,9 @@ address (`lm_adapt_key`) and reused instead of retrained.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -29,10 +27,9 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from transformers import PreTrainedTokenizerBase, Trainer
-from transformers.trainer_utils import get_last_checkpoint
+from transformers import PreTrainedTokenizerBase
 
-from softprompt import __version__, xla
+from softprompt import __version__, distributed, xla
 from softprompt.config import LMAdaptConfig
 from softprompt.corpus import Corpus, document_segments, open_corpus, segments
 from softprompt.errors import SoftpromptError
@@ -40,8 +37,11 @@ from softprompt.io import copy_dir
 from softprompt.models import Base, load_base, sentinel_id
 from softprompt.training import (
     TENSORBOARD_DIR,
+    TokenMeanLossTrainer,
     adafactor,
     close_tensorboard,
+    last_checkpoint,
+    remove_checkpoints,
     save_checkpoint,
     training_arguments,
 )
@@ -272,16 +272,13 @@ def find_cached(key: str, *candidates: Path | None) -> Path | None:
 
 # -------------------------------------------------------------------------------------------- training
 
-class TokenCountingTrainer(Trainer):
-    """A Trainer that counts the non-padding input and target tokens it trains on (for tokens/s)."""
+class TokenCountingTrainer(TokenMeanLossTrainer):
+    """A Trainer that counts the non-padding input and target tokens it trains on (for tokens/s); its loss is
+    the mean over each step's target tokens (`TokenMeanLossTrainer`)."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.tokens_seen = torch.zeros((), dtype=torch.long)
-        # T5's forward takes **kwargs but ignores num_items_in_batch (its loss is a per-batch mean), so the
-        # Trainer must scale the loss for gradient accumulation and devices itself; otherwise loss and
-        # gradients come out grad_accumulation (and world size) times too large.
-        self.model_accepts_loss_kwargs = False
 
     def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
         # Summed as a tensor on the batch's device: no host sync per step.
@@ -342,16 +339,14 @@ def lm_adapt(
         if store != target:
             copy_dir(store, target)
     if not keep_checkpoints:
-        shutil.rmtree(ckpt, ignore_errors=True)
-        if checkpoint_dir is None:
-            with contextlib.suppress(OSError):
-                ckpt.parent.rmdir()  # OUTPUT.checkpoints, if no other key's checkpoints are in it
+        # OUTPUT.checkpoints goes too if no other key's checkpoints are in it
+        remove_checkpoints(ckpt, ckpt.parent if checkpoint_dir is None else None)
     return {**meta, "output": str(target), "reused": False}
 
 
 def _reuse(hit: Path, target: Path) -> dict[str, Any]:
     log.info("reusing the LM-adapted checkpoint %s (same key)", hit)
-    if hit != target:
+    if hit != target and distributed.is_main():  # one copier when several processes run
         copy_dir(hit, target)
     return {**(read_metrics(hit) or {}), "output": str(target), "reused": True}
 
@@ -376,7 +371,15 @@ def _train(base: Base, corpus: Corpus, val_corpus: Corpus | None, cfg: LMAdaptCo
     args = training_arguments(train_cfg, ckpt, has_eval=False, main_metric="", progress=progress,
                               eval_strategy="steps", prediction_loss_only=True,
                               per_device_eval_batch_size=cfg.eval_batch_size, warmup_steps=cfg.warmup_steps,
-                              lr_scheduler_type="constant_with_warmup" if cfg.warmup_steps else "constant")
+                              lr_scheduler_type="constant_with_warmup" if cfg.warmup_steps else "constant",
+                              # under torchrun each rank reads the stream and keeps its share of every global
+                              # batch (accelerate's IterableDatasetShard); dispatching would have rank 0 join
+                              # batches the collator padded to different lengths, which fails
+                              accelerator_config={"dispatch_batches": False},
+                              # the loss before training, scored inside train(): an evaluate() call before
+                              # train() marks the model prepared, and accelerate then never wraps it in DDP,
+                              # so under torchrun each rank would train on its own share, unsynchronised
+                              eval_on_start=True)
     trainer = TokenCountingTrainer(
         model=model, args=args, train_dataset=train_set, eval_dataset=val_rows,
         # static shapes on XLA: the objective's target length (span corruption's is fixed), a mixture's rows up
@@ -385,10 +388,7 @@ def _train(base: Base, corpus: Corpus, val_corpus: Corpus | None, cfg: LMAdaptCo
                                    cfg.max_target_length if mixture else objective.target_length),
         optimizer_cls_and_kwargs=adafactor(train_cfg),
     )
-    before = trainer.evaluate()["eval_loss"]
-    last = get_last_checkpoint(str(ckpt)) if resume and ckpt.is_dir() else None
-    if last:
-        log.info("resuming from %s", last)
+    last = last_checkpoint(ckpt, resume)
     started = time.time()
     trainer.train(resume_from_checkpoint=last)
     seconds = time.time() - started
@@ -396,6 +396,10 @@ def _train(base: Base, corpus: Corpus, val_corpus: Corpus | None, cfg: LMAdaptCo
     close_tensorboard(trainer)
     tokens = trainer.total_tokens()
     history = trainer.state.log_history
+    # every evaluation by step (a resumed run evaluates again at its start step; the later score wins); the
+    # first is step 0's, before any training (a resumed run has it from its checkpoint's history)
+    evaluations = {h["step"]: h["eval_loss"] for h in history if "eval_loss" in h}
+    before = evaluations[min(evaluations)]
     return trainer, {
         "softprompt_version": __version__,
         "base_model": base.name,
@@ -410,7 +414,7 @@ def _train(base: Base, corpus: Corpus, val_corpus: Corpus | None, cfg: LMAdaptCo
         "validation_loss_before": before,
         "validation_loss_after": after,
         "loss_curve": [{"step": h["step"], "loss": h["loss"]} for h in history if "loss" in h],
-        "validation_loss_curve": [{"step": h["step"], "loss": h["eval_loss"]} for h in history if "eval_loss" in h],
+        "validation_loss_curve": [{"step": step, "loss": loss} for step, loss in sorted(evaluations.items())],
         "train_seconds": round(seconds, 2),
         "tokens_trained": tokens,
         "tokens_per_second": round(tokens / seconds, 1) if seconds > 0 else None,

@@ -21,12 +21,13 @@ from typing import Any
 
 import torch
 from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
+from transformers.models.t5.modeling_t5 import T5Block
 from transformers.trainer_utils import get_last_checkpoint
 
-from softprompt import __version__, xla
+from softprompt import __version__, distributed, xla
 from softprompt.config import EvalConfig, PromptConfig, TrainConfig
 from softprompt.errors import SoftpromptError
-from softprompt.evaluation import Encoding, evaluate_examples
+from softprompt.evaluation import Encoding, predict, score
 from softprompt.io import atomic_dir, copy_logs, file_md5, write_json
 from softprompt.models import Base, load_base, trainable_parameters
 from softprompt.optim import T5XAdafactor
@@ -56,7 +57,37 @@ class ExampleDataset(torch.utils.data.Dataset):
         return self.rows[i]
 
 
-class ScoringTrainer(Trainer):
+class TokenMeanLossTrainer(Trainer):
+    """A Trainer whose loss for one optimizer step is the mean over all that step's target tokens, however the
+    step's batch is split into micro-batches (gradient accumulation) and processes (torchrun, TPU chips).
+
+    T5's own loss is the mean over one micro-batch's tokens; averaging those means over micro-batches and ranks
+    weighs a token of a short-target batch more than one of a long-target batch, so 2 processes would not
+    train the prompt 1 process trains at the same global batch. The Trainer already counts the step's target
+    tokens over micro-batches and ranks (`num_items_in_batch`, gathered with `average_tokens_across_devices`)
+    when the model takes loss kwargs; T5's forward takes them but ignores them, so `compute_loss` divides the
+    token sum by that count itself. The Trainer then scales neither for accumulation nor (through its own
+    `num_processes` factor, which undoes DDP's gradient averaging) for the ranks.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.model_accepts_loss_kwargs = True  # so the Trainer counts num_items_in_batch and passes it here
+
+    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:
+        outputs = model(**inputs)
+        loss = outputs["loss"]
+        if num_items_in_batch is not None:
+            logits, labels = outputs["logits"], inputs["labels"]
+            loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten().to(logits.device),
+                                                     ignore_index=-100, reduction="sum") / num_items_in_batch
+            if self.args.average_tokens_across_devices:
+                loss = loss * self.accelerator.num_processes
+        return (loss, outputs) if return_outputs else loss
+
+
+class ScoringTrainer(TokenMeanLossTrainer):
     """A Trainer whose evaluation is the task's metric on generated labels, not the eval loss.
 
     Overriding `evaluate` is the Trainer's extension point: best-checkpoint tracking and early stopping
@@ -67,9 +98,6 @@ class ScoringTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.score_fn = score_fn
         self.results_by_step: dict[int, dict[str, Any]] = {}  # every evaluation's full result, by global step
-        # T5's forward accepts **kwargs but its loss is a per-batch mean that ignores num_items_in_batch, so
-        # the Trainer must scale the loss for gradient accumulation itself.
-        self.model_accepts_loss_kwargs = False
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         full = self.score_fn(self.model)
@@ -145,6 +173,7 @@ def training_arguments(cfg: TrainConfig, checkpoint_dir: Path, has_eval: bool, m
         remove_unused_columns=False,
         dataloader_num_workers=0,
         **xla.trainer_overrides(),
+        **distributed.trainer_overrides(),
     )
     return TrainingArguments(**{**kwargs, **overrides})
 
@@ -204,10 +233,11 @@ def train(
     encoding = Encoding(base.tokenizer, cfg.max_source_length, cfg.max_target_length, cfg.target_sentinel)
 
     def score_fn(m: Any) -> dict[str, Any]:
-        result, _ = evaluate_examples(m, encoding, task, val_examples, eval_cfg.mode, eval_cfg.batch_size)
-        return result
+        return sharded_score(m, encoding, task, val_examples, eval_cfg)
 
-    args = training_arguments(cfg, checkpoint_dir, bool(val_examples), SCORE, progress)
+    args = training_arguments(cfg, checkpoint_dir, bool(val_examples), SCORE, progress)  # starts torchrun's group
+    if cfg.fsdp:
+        distributed.shard_frozen_blocks(model, (T5Block,))
     callbacks = list(callbacks or [])
     if cfg.early_stopping_patience and val_examples:
         callbacks.append(EarlyStoppingCallback(cfg.early_stopping_patience))
@@ -222,9 +252,7 @@ def train(
         callbacks=callbacks,
         score_fn=score_fn,
     )
-    last = get_last_checkpoint(str(checkpoint_dir)) if resume and checkpoint_dir.is_dir() else None
-    if last:
-        log.info("resuming from %s", last)
+    last = last_checkpoint(checkpoint_dir, resume)
     started = time.time()
     trainer.train(resume_from_checkpoint=last)
     seconds = time.time() - started
@@ -251,7 +279,9 @@ def train(
         "loss_curve": [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h],
         "validation_curve": validation_curve(trainer),
         "best_step": best_step(trainer),
-        "placement": xla.placement(trainer.model),
+        "placement": {**xla.placement(trainer.model), "batch_per_process": args.per_device_train_batch_size,
+                      "fsdp": cfg.fsdp, "frozen_bytes_per_process": distributed.local_bytes(
+                          p for p in trainer.model.parameters() if not p.requires_grad)},
         **(extra_meta or {}),
     }
     if trainer.is_world_process_zero():  # one writer when several processes train (TPU chips, torchrun)
@@ -262,9 +292,7 @@ def train(
         else:
             save_full_model(model, base, output, meta, logs)
     if not keep_checkpoints:
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            checkpoint_root.rmdir()  # unless another run's checkpoints are still in it
+        remove_checkpoints(checkpoint_dir, checkpoint_root)
     return meta
 
 
@@ -281,6 +309,51 @@ def run_identity(task: Task, cfg: TrainConfig, prompt_cfg: PromptConfig, base: B
         **{k: getattr(cfg, k) for k in ("batch_size", "grad_accumulation", "max_source_length", "max_target_length",
                                         "taskless", "target_sentinel")},
     }
+
+
+def sharded_score(model: Any, encoding: Encoding, task: Task, examples: list[Example],
+                  eval_cfg: EvalConfig) -> dict[str, Any]:
+    """The task's score on `examples`, each rank predicting its share and every rank scoring all the
+    predictions (gathered in order): the same result, hence the same best checkpoint, on every rank.
+
+    Under FSDP every rank predicts every example instead: a sharded model's forward is a collective, so the
+    ranks must run the same generate calls in step.
+    """
+    mine = examples if fsdp_enabled(model) else distributed.shard(examples)
+    predictions = predict(model, encoding, task, mine, eval_cfg.mode, eval_cfg.batch_size)
+    if mine is not examples:
+        predictions = distributed.unshard(predictions)
+    return score(task, predictions, examples)
+
+
+def fsdp_enabled(model: Any) -> bool:
+    """A module of the model is sharded by FSDP (`--fsdp`, or FSDP1 wrapping), whose forward gathers weights
+    from every rank."""
+    from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+
+    return any(isinstance(m, FSDPModule | FullyShardedDataParallel) for m in model.modules())
+
+
+def last_checkpoint(checkpoint_dir: Path, resume: bool) -> str | None:
+    """The checkpoint to resume from, as rank 0 sees it: every rank resumes from the same one."""
+    last = get_last_checkpoint(str(checkpoint_dir)) if resume and checkpoint_dir.is_dir() else None
+    last = distributed.broadcast(last)
+    if last:
+        log.info("resuming from %s", last)
+    return last
+
+
+def remove_checkpoints(checkpoint_dir: Path, checkpoint_root: Path | None) -> None:
+    """Delete a finished run's checkpoints (and `checkpoint_root` if that leaves it empty), on rank 0 once
+    every rank is done with them: rank 0 copies the TensorBoard events out of them, and another rank may still
+    be reading a checkpoint."""
+    distributed.barrier()
+    if distributed.is_main():
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        if checkpoint_root is not None:
+            with contextlib.suppress(OSError):
+                checkpoint_root.rmdir()  # unless another run's checkpoints are still in it
+    distributed.barrier()
 
 
 def run_key(identity: dict[str, Any]) -> str:
@@ -300,8 +373,9 @@ def run_checkpoint_dir(root: Path, identity: dict[str, Any]) -> Path:
         elif any(root.glob("checkpoint-*")):
             log.warning("note: %s holds checkpoints without a run record (an older softprompt); not resuming "
                         "them, starting fresh in %s", root, directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    write_json(directory / RUN_FILE, identity)
+    if distributed.is_main():  # rank 0 records the run; the Trainer makes the directory on every rank it needs
+        directory.mkdir(parents=True, exist_ok=True)
+        write_json(directory / RUN_FILE, identity)
     return directory
 
 

@@ -32,6 +32,7 @@ import torch
 from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase
 from transformers.utils import is_torch_xla_available
 
+from softprompt import distributed
 from softprompt.errors import SoftpromptError
 from softprompt.io import write_json
 
@@ -71,12 +72,19 @@ def world_size() -> int:
     return xr.world_size()
 
 
+def training_processes() -> int:
+    """Processes training together: one per XLA chip with torch_xla, else torchrun's ranks (1 without)."""
+    return world_size() if available() else distributed.world_size()
+
+
 def per_device_batch(batch_size: int, grad_accumulation: int) -> int:
-    """Examples per device and micro-step so that one optimizer step sees `batch_size` examples: on a TPU
-    slice the batch is split over the chips, so the paper's batch of 32 stays 32 on 4 chips."""
-    parts = grad_accumulation * world_size()
+    """Examples per device and micro-step so that one optimizer step sees `batch_size` examples: the batch is
+    split over the processes (TPU chips, or torchrun's ranks), so the paper's batch of 32 stays 32 on 4 chips."""
+    processes = training_processes()
+    what = "XLA device(s)" if available() else "process(es)"
+    parts = grad_accumulation * processes
     if batch_size % parts:
-        raise SoftpromptError(f"batch_size: {batch_size} does not split into {world_size()} XLA device(s) x "
+        raise SoftpromptError(f"batch_size: {batch_size} does not split into {processes} {what} x "
                               f"{grad_accumulation} accumulation step(s); use a multiple of {parts}")
     return batch_size // parts
 
@@ -128,7 +136,7 @@ def placement(model: torch.nn.Module) -> dict[str, Any]:
     for p in model.parameters():
         devices["trainable" if p.requires_grad else "frozen"].add(str(p.device))
     return {**{k: sorted(v) for k, v in devices.items()}, "xla_device_type": device_type(),
-            "processes": world_size(), "bf16": use_bf16(), "xla_compilations": compilations()}
+            "processes": training_processes(), "bf16": use_bf16(), "xla_compilations": compilations()}
 
 
 def compilations() -> int | None:
