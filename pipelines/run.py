@@ -161,7 +161,9 @@ def keep_upstream_parameters_in_loops() -> None:
     task_spec_utils.create_parameter_loop_iteration_task_spec = iteration_spec
 
 
-def run_local(values: dict[str, Any], profile: str | None, caching: bool = True) -> dict[str, Any]:
+def run_local(values: dict[str, Any], profile: str | None, caching: bool = True, runner: Any = None) -> dict[str, Any]:
+    """Run the pipeline with kfp.local: each step a subprocess of this interpreter, or with `runner` (a
+    kfp.local.DockerRunner, pipelines/containers.py) each in its own container; returns the summary."""
     from kfp import local
 
     from pipelines.prompt_tuning import PIPELINE_NAME, build_pipeline
@@ -173,7 +175,7 @@ def run_local(values: dict[str, Any], profile: str | None, caching: bool = True)
     # use_venv=False: components run with this interpreter, where softprompt is installed (as in the image).
     # enable_caching: kfp.local's cache (ROOT/.kfp_cache) keys a step by its parameter values and its input
     # artifacts' names and URIs, as a cluster's does; the steps' own caching options apply.
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True,
+    local.init(runner=runner or local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True,
                enable_caching=caching)
     keep_upstream_parameters_in_loops()
     before = set(root.iterdir())

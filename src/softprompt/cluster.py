@@ -16,6 +16,7 @@ import json
 import math
 import re
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -219,6 +220,15 @@ def image_command(variant: Variant = None) -> None:
 def build_args_command(variant: Variant = None) -> None:
     """Print an image variant's `docker build --build-arg`s."""
     typer.echo(" ".join(build_args(variant or BASE_VARIANT)))
+
+
+@app.command("code-version")
+def code_version_command() -> None:
+    """Print the code version the registry records for this checkout (the commit, `-dirty` if changed): what
+    `make image` bakes into the image, so code_version inside a step reports the same."""
+    from softprompt.registry import code_version
+
+    typer.echo(code_version(Path.cwd()))
 
 
 def main(argv: list[str] | None = None) -> int:
