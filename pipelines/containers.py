@@ -13,7 +13,9 @@ DockerRunner. That runner alone is laxer than a cluster in three ways this modul
   its own container's filesystem (a fresh one per step, as in a pod), and host networking (this machine's
   Docker Engine has no bridge network);
 - it starts containers with auto_remove and reports success when the container is already gone; here a step's
-  exit status is always read before its container is removed.
+  exit status is always read before its container is removed;
+- it passes the step's command as docker's CMD, after the image's ENTRYPOINT; a pod's `command` replaces the
+  ENTRYPOINT, and so does this.
 
 kfp.local picks its task handler by the runner's type (task_dispatcher.run_single_task_implementation), so the
 strict handler replaces DockerTaskHandler while `strict_containers()` is active, as pipelines/run.py patches
@@ -131,7 +133,10 @@ def run_step(command: list[str], env: dict[str, str]) -> int:
     client = docker.from_env()
     started = time.monotonic()
     container = client.containers.run(
-        image=_settings.image, command=command, detach=True, user=f"{IMAGE_USER}:{IMAGE_USER}",
+        # entrypoint: a pod's `command` replaces the image's ENTRYPOINT (`softprompt`); docker's `command` would
+        # only replace CMD and run `softprompt sh -c ...`, which is what kfp.local's own handler does
+        image=_settings.image, entrypoint=command[:1], command=command[1:], detach=True,
+        user=f"{IMAGE_USER}:{IMAGE_USER}",
         network_mode="host", environment={**env, **STEP_ENV}, volumes=mounts(executor, _settings.shared),
         labels={"softprompt.step": own.name, "softprompt.run": own.parent.name}, name=_container_name(own))
     try:

@@ -7,8 +7,6 @@ artifacts mounted (KFP's launcher downloads nothing else). Shared storage, the s
 reaches, holds the task data, data_root, the registry checkout and its DVC remote.
 """
 
-from __future__ import annotations
-
 import os
 import shutil
 import subprocess
