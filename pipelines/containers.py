@@ -43,12 +43,14 @@ STEP_ENV = {"HOME": CONTAINER_HOME, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELI
 
 @dataclass
 class StepRecord:
-    """One container's run: the task directory's name (kfp.local's task resource name), seconds, exit code."""
+    """One container's run: the task directory's name (kfp.local's task resource name), seconds, exit code, and
+    the container's output (also printed as it came)."""
 
     task: str
     seconds: float
     exit_code: int
     container: str
+    log: str = ""
 
 
 @dataclass
@@ -139,16 +141,18 @@ def run_step(command: list[str], env: dict[str, str]) -> int:
         user=f"{IMAGE_USER}:{IMAGE_USER}",
         network_mode="host", environment={**env, **STEP_ENV}, volumes=mounts(executor, _settings.shared),
         labels={"softprompt.step": own.name, "softprompt.run": own.parent.name}, name=_container_name(own))
+    lines = []
     try:
-        for line in container.logs(stream=True, follow=True):
-            print(line.decode(errors="replace"), end="")
+        for chunk in container.logs(stream=True, follow=True):
+            lines.append(chunk.decode(errors="replace"))
+            print(lines[-1], end="")
         code = int(container.wait()["StatusCode"])
     finally:
         with contextlib.suppress(docker.errors.APIError):
             container.remove(force=True)
         client.close()
     seconds = time.monotonic() - started
-    _settings.steps.append(StepRecord(own.name, round(seconds, 1), code, container.name))
+    _settings.steps.append(StepRecord(own.name, round(seconds, 1), code, container.name, "".join(lines)))
     print(f"[{own.name}] exit {code} after {seconds:.1f} s (container {container.name}, user {IMAGE_USER})")
     return code
 

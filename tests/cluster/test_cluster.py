@@ -10,6 +10,7 @@ reaches, holds the task data, data_root, the registry checkout and its DVC remot
 import os
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from kfp.local import config as kfp_local_config
 from test_lm_adapt import write_corpus
 
 from pipelines import containers, run
+from softprompt.errors import SoftpromptError
 
 IMAGE = os.environ.get("SOFTPROMPT_CLUSTER_IMAGE", "")
 pytestmark = [pytest.mark.slow,
@@ -27,6 +29,7 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.filterwarnings("ignore:You may be attemping:RuntimeWarning")]
 
 LM_ADAPT_STEPS = 20  # the smoke profile's tiny model: seconds of LM adaptation, enough to make a new base
+RESUME_STEPS = 150  # the kill-and-resume run: checkpoints every eval_every (15) steps, time to kill in between
 
 
 def own(path: Path) -> None:
@@ -156,6 +159,15 @@ def test_each_step_runs_as_the_image_user_with_its_own_home(kfp_local, shared):
 
 # ---- the pipeline ---------------------------------------------------------------------------------------------
 
+def pipeline_shared(shared: Path) -> list[Path]:
+    """Storage every step reaches: `shared`, and the pipeline root's checkpoints/ (durable, under the pipeline
+    root on a cluster too, where a retried train step finds them)."""
+    checkpoints = run.LOCAL_ROOT / "rte" / "checkpoints"
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    own(checkpoints)
+    return [shared, checkpoints]
+
+
 def pipeline_values(shared: Path, lm_adapt_steps: int) -> dict:
     return {"task": "rte", "profile": "smoke", "data": str(shared / "RTE"),
             "data_root": str(shared / "validated-data"), "registry_repo": str(shared / "registry"),
@@ -166,7 +178,7 @@ def pipeline_values(shared: Path, lm_adapt_steps: int) -> dict:
 @pytest.mark.parametrize("lm_adapt_steps", [0, LM_ADAPT_STEPS], ids=["smoke", "smoke-lm-adapted"])
 def test_pipeline_runs_with_each_step_in_its_own_container(kfp_local, shared, lm_adapt_steps):
     values = pipeline_values(shared, lm_adapt_steps)
-    with containers.strict_containers(IMAGE, [shared]) as settings:
+    with containers.strict_containers(IMAGE, pipeline_shared(shared)) as settings:
         try:
             summary = run.run_local(values, "smoke", caching=False, runner=local.DockerRunner())
         finally:
@@ -179,6 +191,51 @@ def test_pipeline_runs_with_each_step_in_its_own_container(kfp_local, shared, lm
     assert summary["validation"] == "passed"
     assert str(summary["registered"]).startswith("rte"), summary["registered"]
     assert str(summary["registered"]).split(" ")[0] in git(shared / "registry", "tag", "--list")
+
+
+# ---- a killed train step resumes from its checkpoint -------------------------------------------------------------
+
+def kill_when_checkpointed(checkpoints: Path, step: str, stop: threading.Event, killed: list[str]) -> None:
+    """Kill the `step` container once a complete checkpoint (the Trainer writes trainer_state.json into it
+    last) is in durable storage: a preempted node, as far as the step can tell."""
+    import docker
+
+    client = docker.from_env()
+    while not stop.is_set():
+        done = sorted(p.parent.name for p in checkpoints.glob("**/checkpoint-*/trainer_state.json"))
+        running = client.containers.list(filters={"label": f"softprompt.step={step}"})
+        if done and running:
+            for container in running:
+                container.kill()
+                killed.append(f"{container.name} after {done[-1]}")
+            return
+        stop.wait(0.5)
+
+
+def test_a_killed_train_step_resumes_from_its_checkpoint(kfp_local, shared):
+    values = {**pipeline_values(shared, 0), "steps": RESUME_STEPS, "seeds": [11]}
+    stores = pipeline_shared(shared)
+    stop, killed = threading.Event(), []
+    watcher = threading.Thread(target=kill_when_checkpointed, args=(stores[1], "train-prompt", stop, killed))
+    with containers.strict_containers(IMAGE, stores) as first:
+        watcher.start()
+        try:
+            with pytest.raises(SoftpromptError, match="Inner task failed: 'train-prompt'"):
+                run.run_local(values, "smoke", runner=local.DockerRunner())
+        finally:
+            stop.set()
+            watcher.join()
+    print_steps(first.steps, f"killed: {killed}")
+    assert killed and first.steps[-1].task == "train-prompt" and first.steps[-1].exit_code == 137
+    with containers.strict_containers(IMAGE, stores) as second:
+        summary = run.run_local(values, "smoke", runner=local.DockerRunner())
+    print_steps(second.steps, "rerun:")
+    (train,) = [s for s in second.steps if s.task == "train-prompt"]
+    resumed = [line.strip() for line in train.log.splitlines() if "resuming from" in line]
+    print("\n".join(resumed))
+    checkpoint = killed[0].split(" after ")[1]
+    assert resumed and resumed[0].endswith(checkpoint), train.log[-3000:]
+    assert train.exit_code == 0 and str(summary["registered"]).startswith("rte")
 
 
 @pytest.fixture(scope="session", autouse=True)
