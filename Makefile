@@ -48,6 +48,7 @@ DATA ?=
 MODEL ?=
 CRON ?= 0 3 * * 0
 CACHE ?= 1
+VERSION ?=
 PIPELINE_ARGS = --task $(TASK) $(if $(PROFILE),--profile $(PROFILE)) $(if $(DATA),--data $(DATA)) $(if $(MODEL),--model $(MODEL))
 
 .PHONY: pipeline-run pipeline-compile pipeline-upload pipeline-schedule
@@ -61,8 +62,8 @@ pipeline-compile:  ## write the pipeline spec (build/prompt_tuning.yaml) for upl
 pipeline-upload:  ## upload the spec as a new version of the named pipeline on KFP_HOST
 	$(BIN)/python -m pipelines.run upload $(if $(PROFILE),--profile $(PROFILE))
 
-pipeline-schedule:  ## weekly (CRON=) retraining of TASK on KFP_HOST, always on the latest pipeline version
-	$(BIN)/python -m pipelines.run schedule $(PIPELINE_ARGS) --cron '$(CRON)'
+pipeline-schedule:  ## weekly (CRON=) retraining of TASK on KFP_HOST, pinned to VERSION= (default: this spec, uploaded)
+	$(BIN)/python -m pipelines.run schedule $(PIPELINE_ARGS) --cron '$(CRON)' $(if $(VERSION),--version $(VERSION))
 
 # ---- the component image and the cluster (infra/README.md) ----
 # Name, tag and variants come from params.yaml (cluster.image:cluster.image_tag, cluster.images), the settings

@@ -114,6 +114,32 @@ def image(variant: str = BASE_VARIANT, params: dict[str, Any] | None = None) -> 
     return component_image(params) + str(variants[variant].get("tag_suffix", ""))
 
 
+# `make image VARIANT=NAME` records the built image's digest here (build/image-digest-NAME.txt, written by the
+# image build); a spec compiled in this checkout then names the image by that digest, not by its mutable tag.
+DIGEST_DIR = Path(__file__).resolve().parents[2] / "build"
+
+
+def digest_file(variant: str) -> Path:
+    return DIGEST_DIR / f"image-digest-{variant}.txt"
+
+
+def pinned_image(variant: str = BASE_VARIANT, params: dict[str, Any] | None = None) -> str:
+    """The image a compiled step runs: `cluster.image@sha256:...` when `make image` recorded the variant's digest
+    (KFP's cache key holds the image string, so a digest keeps cached results and the code that made them
+    together), else the tag reference `image()` gives. The file holds `sha256:HEX` or a full `NAME@sha256:HEX`."""
+    params = params or load_params()
+    tagged = image(variant, params)
+    path = digest_file(variant)
+    if not path.is_file():
+        return tagged
+    digest = path.read_text(encoding="utf-8").strip()
+    name = digest if "@" in digest else f"{params['cluster']['image']}@{digest}"
+    if not re.fullmatch(r"[^@\s]+@sha256:[0-9a-f]{64}", name):
+        raise SoftpromptError(f"{path}: {digest!r} is not an image digest (sha256:<64 hex> or NAME@sha256:<64 hex>); "
+                              "rebuild with `make image` or delete the file")
+    return name
+
+
 def build_args(variant: str = BASE_VARIANT, params: dict[str, Any] | None = None) -> list[str]:
     """`docker build` arguments of an image variant (infra/docker/Dockerfile's ARGs), from `cluster.images`."""
     params = params or load_params()
