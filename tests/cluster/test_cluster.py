@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.filterwarnings("ignore:You may be attemping:RuntimeWarning")]
 
 LM_ADAPT_STEPS = 20  # the smoke profile's tiny model: seconds of LM adaptation, enough to make a new base
-RESUME_STEPS = 150  # the kill-and-resume run: checkpoints every eval_every (15) steps, time to kill in between
+RESUME_STEPS = 60  # the kill-and-resume run: checkpoints every eval_every (15) steps, time to kill in between
 
 
 def own(path: Path) -> None:
