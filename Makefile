@@ -48,6 +48,7 @@ DATA ?=
 MODEL ?=
 CRON ?= 0 3 * * 0
 CACHE ?= 1
+VERSION ?=
 PIPELINE_ARGS = --task $(TASK) $(if $(PROFILE),--profile $(PROFILE)) $(if $(DATA),--data $(DATA)) $(if $(MODEL),--model $(MODEL))
 
 .PHONY: pipeline-run pipeline-compile pipeline-upload pipeline-schedule
@@ -61,8 +62,8 @@ pipeline-compile:  ## write the pipeline spec (build/prompt_tuning.yaml) for upl
 pipeline-upload:  ## upload the spec as a new version of the named pipeline on KFP_HOST
 	$(BIN)/python -m pipelines.run upload $(if $(PROFILE),--profile $(PROFILE))
 
-pipeline-schedule:  ## weekly (CRON=) retraining of TASK on KFP_HOST, always on the latest pipeline version
-	$(BIN)/python -m pipelines.run schedule $(PIPELINE_ARGS) --cron '$(CRON)'
+pipeline-schedule:  ## weekly (CRON=) retraining of TASK on KFP_HOST, pinned to VERSION= (default: this spec, uploaded)
+	$(BIN)/python -m pipelines.run schedule $(PIPELINE_ARGS) --cron '$(CRON)' $(if $(VERSION),--version $(VERSION))
 
 # ---- the component image and the cluster (infra/README.md) ----
 # Name, tag and variants come from params.yaml (cluster.image:cluster.image_tag, cluster.images), the settings
@@ -73,14 +74,28 @@ VARIANT ?= cuda
 IMAGE = $(shell $(BIN)/python -m softprompt.cluster image --variant $(VARIANT))
 BUILD_ARGS = $(shell $(BIN)/python -m softprompt.cluster build-args --variant $(VARIANT))
 
-.PHONY: image image-push infra-tfvars test-xla
+.PHONY: image image-push infra-tfvars test-xla test-cluster
 
-image:  ## build an image variant params.yaml names (VARIANT=cuda|cpu|tpu; needs a Docker engine)
+# The image records the commit code_version reports here (SOFTPROMPT_GIT_SHA), and `make image` writes the
+# image's digest to IMAGE_DIGEST_FILE, where the pipeline compiler reads it to name the image by digest: the
+# local image ID after a build, the registry's manifest digest after a push (what a cluster pulls).
+# DOCKER_BUILD_FLAGS: more `docker build` options; the local path (infra/README) passes its base image, pip
+# settings and --network host. build/wheels/ is handed to pip (empty unless that path puts a wheel there).
+DOCKER ?= docker
+DOCKER_BUILD_FLAGS ?=
+GIT_SHA = $(shell $(BIN)/python -m softprompt.cluster code-version)
+IMAGE_DIGEST_FILE = build/image-digest-$(VARIANT).txt
+
+image:  ## build an image variant params.yaml names (VARIANT=cuda|cpu|tpu; needs a Docker engine); digest in build/
 	@test -n "$(IMAGE)" || { echo "cannot read cluster.images.$(VARIANT) from params.yaml: run make setup, and pick a VARIANT it names" >&2; exit 1; }
-	docker build -f infra/docker/Dockerfile $(BUILD_ARGS) -t $(IMAGE) .
+	mkdir -p build/wheels
+	$(DOCKER) build -f infra/docker/Dockerfile $(BUILD_ARGS) --build-arg GIT_SHA=$(GIT_SHA) $(DOCKER_BUILD_FLAGS) \
+		--iidfile $(IMAGE_DIGEST_FILE).tmp -t $(IMAGE) . && mv $(IMAGE_DIGEST_FILE).tmp $(IMAGE_DIGEST_FILE)
 
-image-push: image  ## build and push it (once: gcloud auth configure-docker REGION-docker.pkg.dev)
-	docker push $(IMAGE)
+image-push: image  ## build and push it (once: gcloud auth configure-docker REGION-docker.pkg.dev); records its digest
+	$(DOCKER) push $(IMAGE)
+	$(DOCKER) image inspect --format '{{index .RepoDigests 0}}' $(IMAGE) | sed 's/.*@//' > $(IMAGE_DIGEST_FILE).tmp \
+		&& mv $(IMAGE_DIGEST_FILE).tmp $(IMAGE_DIGEST_FILE)
 
 infra-tfvars:  ## regenerate infra/terraform/node_pools.auto.tfvars.json from params.yaml cluster:
 	$(BIN)/python -m softprompt.cluster tfvars > infra/terraform/node_pools.auto.tfvars.json
@@ -100,3 +115,10 @@ $(VENV_XLA)/.installed: requirements.lock requirements-xla.txt infra/docker/merg
 
 test-xla: $(VENV_XLA)/.installed  ## train a prompt and LM-adapt `tiny` on XLA (PJRT_DEVICE=CPU); the prompt then evaluates in .venv
 	PJRT_DEVICE=CPU SOFTPROMPT_MAIN_PYTHON=$(CURDIR)/$(BIN)/python $(VENV_XLA)/bin/pytest tests/xla -v -s
+
+# ---- every step in its own container, on this machine (infra/README.md "Build and run the image on one machine") ----
+# Installs docker.io and mmdebstrap (Debian), builds the CPU image from infra/docker/Dockerfile with a Debian base
+# made here, then runs tests/cluster: the pipeline through kfp.local's DockerRunner, one container per step, only
+# declared inputs mounted. Needs root; not in `make test`. ARGS= goes to pytest (e.g. ARGS="-k smoke").
+test-cluster:  ## build the CPU image here and run the pipeline with each step in its own container (root; slow)
+	infra/local/test-cluster.sh $(ARGS)

@@ -86,13 +86,14 @@ def _cached(model: str) -> bool:
         return False
 
 
-def effective(profile: str | None, values: dict[str, Any]) -> dict[str, Any]:
-    """The pipeline's defaults for `profile` with `values` applied: what the run will actually use."""
+def effective(profile: str | None, values: dict[str, Any], on_cluster: bool = False) -> dict[str, Any]:
+    """The pipeline's defaults for `profile` (a local or a cluster spec's) with `values` applied: what the run
+    will actually use."""
     import inspect
 
     from pipelines.prompt_tuning import build_pipeline
 
-    fn = build_pipeline(profile, on_cluster=False).pipeline_func
+    fn = build_pipeline(profile, on_cluster=on_cluster).pipeline_func
     defaults = {k: p.default for k, p in inspect.signature(fn).parameters.items()}
     return {**defaults, **values}
 
@@ -161,7 +162,35 @@ def keep_upstream_parameters_in_loops() -> None:
     task_spec_utils.create_parameter_loop_iteration_task_spec = iteration_spec
 
 
-def run_local(values: dict[str, Any], profile: str | None, caching: bool = True) -> dict[str, Any]:
+def resolve_one_of_artifacts() -> None:
+    """Work around a kfp.local (2.17) gap: it resolves dsl.OneOf for parameters but refuses it for artifacts
+    ('Expected 1 artifact in ArtifactSelectorSpec'), and the base model is a OneOf of lm-adapt's and
+    base-as-is's output (only one branch runs). A cluster takes the selector of the branch that ran; this
+    makes kfp.local do the same: the first selector whose producer has the output."""
+    from kfp.local.orchestrator.orchestrator_utils import OrchestratorUtils
+
+    original = OrchestratorUtils.get_dag_output_artifacts
+    if getattr(original, "resolves_one_of", False):
+        return
+
+    def dag_output_artifacts(dag_outputs_spec: Any, io_store: Any) -> dict[str, Any]:
+        outputs: dict[str, Any] = {}
+        for key, spec in dag_outputs_spec.artifacts.items():
+            for selector in spec.artifact_selectors:
+                with contextlib.suppress(ValueError):  # that branch did not run
+                    outputs[key] = io_store.get_task_output(selector.producer_subtask, selector.output_artifact_key)
+                    break
+            else:
+                raise ValueError(f"dsl.OneOf output {key!r}: no branch produced it")
+        return outputs
+
+    dag_output_artifacts.resolves_one_of = True  # type: ignore[attr-defined]
+    OrchestratorUtils.get_dag_output_artifacts = staticmethod(dag_output_artifacts)
+
+
+def run_local(values: dict[str, Any], profile: str | None, caching: bool = True, runner: Any = None) -> dict[str, Any]:
+    """Run the pipeline with kfp.local: each step a subprocess of this interpreter, or with `runner` (a
+    kfp.local.DockerRunner, pipelines/containers.py) each in its own container; returns the summary."""
     from kfp import local
 
     from pipelines.prompt_tuning import PIPELINE_NAME, build_pipeline
@@ -173,9 +202,10 @@ def run_local(values: dict[str, Any], profile: str | None, caching: bool = True)
     # use_venv=False: components run with this interpreter, where softprompt is installed (as in the image).
     # enable_caching: kfp.local's cache (ROOT/.kfp_cache) keys a step by its parameter values and its input
     # artifacts' names and URIs, as a cluster's does; the steps' own caching options apply.
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True,
+    local.init(runner=runner or local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True,
                enable_caching=caching)
     keep_upstream_parameters_in_loops()
+    resolve_one_of_artifacts()
     before = set(root.iterdir())
     started = time.time()
     try:
@@ -288,16 +318,16 @@ def experiment_name(task: str) -> str:
     return f"{load_params()['pipeline']['experiment_prefix']}-{task}"
 
 
-def check_cluster_data_root(values: dict[str, Any], profile: str | None) -> None:
-    """On a cluster every step must read what validation stored: data_root has to be shared storage."""
-    root = effective(profile, values)["data_root"]
-    if not str(root).startswith("gs://"):
-        raise SoftpromptError(f"data_root {root!r} is a local path, which the cluster's steps do not share; pass "
-                              "--param data_root=gs://BUCKET/validated-data (or set pipeline.data_root in params.yaml)")
+def check_cluster_values(values: dict[str, Any], profile: str | None) -> None:
+    """A cluster run's values (with the spec's defaults) pass the preflight step's checks, checked here too so
+    a bad value stops before anything reaches the server."""
+    from softprompt.pipeline_steps import check_cluster_settings
+
+    check_cluster_settings(effective(profile, values, on_cluster=True))
 
 
 def submit(values: dict[str, Any], profile: str | None, spec: Path, caching: bool = True) -> str:
-    check_cluster_data_root(values, profile)
+    check_cluster_values(values, profile)
     kfp_client = client()
     compile_spec(profile, spec)
     run = kfp_client.create_run_from_pipeline_package(
@@ -338,27 +368,38 @@ def upload(profile: str | None, spec: Path, version: str | None) -> tuple[str, s
     return pipeline_id, version_id
 
 
-def schedule(values: dict[str, Any], cron: str, profile: str | None, spec: Path) -> str:
-    """A recurring run on the pipeline with no version pinned, so each run uses the latest version."""
+def schedule(values: dict[str, Any], cron: str, profile: str | None, spec: Path, version: str | None = None) -> str:
+    """A recurring run pinned to one pipeline version: `version` (an uploaded version's name), or else the spec
+    compiled now, uploaded as a new version. A later upload does not change what the schedule runs."""
     cron6 = _cron6(cron)  # a bad expression stops here, before anything is uploaded
-    check_cluster_data_root(values, profile)
+    check_cluster_values(values, profile)
     kfp_client = client()
+    if version:
+        pipeline_id, version_id = find_version(kfp_client, version)
+    else:
+        pipeline_id, version_id = upload(profile, spec, None)
+    experiment = kfp_client.create_experiment(experiment_name(values["task"]))
+    job = kfp_client.create_recurring_run(
+        experiment_id=experiment.experiment_id, job_name=f"retrain-{values['task']}", cron_expression=cron6,
+        pipeline_id=pipeline_id, version_id=version_id, params=values, max_concurrency=1, no_catchup=True,
+        enabled=True)
+    print(f"scheduled {job.recurring_run_id}: {values['task']} at '{cron}' on {pipeline_name()} version "
+          f"{version_id}")
+    return job.recurring_run_id
+
+
+def find_version(kfp_client: Any, version: str) -> tuple[str, str]:
+    """(pipeline id, version id) of the uploaded version named `version`; a clear error if there is none."""
     pipeline_id = kfp_client.get_pipeline_id(pipeline_name())
     if pipeline_id is None:
-        pipeline_id, _ = upload(profile, spec, None)
-    experiment = kfp_client.create_experiment(experiment_name(values["task"]))
-    # The body is built here because kfp.Client.create_recurring_run insists on a version id with a pipeline id;
-    # the v2beta1 API (KFP backend >= 2.5) takes a pipeline id alone and runs its latest version each time.
-    api = kfp_client.api_models
-    body = api.V2beta1RecurringRun(
-        experiment_id=experiment.experiment_id, display_name=f"retrain-{values['task']}",
-        pipeline_version_reference=api.V2beta1PipelineVersionReference(pipeline_id=pipeline_id),
-        runtime_config=api.V2beta1RuntimeConfig(parameters=values),
-        trigger=api.V2beta1Trigger(cron_schedule=api.V2beta1CronSchedule(cron=cron6)),
-        mode=api.RecurringRunMode.ENABLE, max_concurrency=1, no_catchup=True)
-    job = kfp_client.recurring_runs.recurring_run_service_create_recurring_run(recurring_run=body)
-    print(f"scheduled {job.recurring_run_id}: {values['task']} at '{cron}' on the latest {pipeline_name()} version")
-    return job.recurring_run_id
+        raise SoftpromptError(f"--version {version}: pipeline {pipeline_name()} is not uploaded; run "
+                              "`make pipeline-upload` first, or leave --version out to upload this spec")
+    versions = kfp_client.list_pipeline_versions(pipeline_id, page_size=1000).pipeline_versions or []
+    for v in versions:
+        if v.display_name == version:
+            return pipeline_id, v.pipeline_version_id
+    known = ", ".join(v.display_name for v in versions) or "none"
+    raise SoftpromptError(f"--version {version}: {pipeline_name()} has no such version (uploaded: {known})")
 
 
 def _cron6(cron: str) -> str:
@@ -414,9 +455,12 @@ def upload_command(profile: Profile = None, spec: Spec = DEFAULT_SPEC,
 @app.command("schedule")
 def schedule_command(cron: Annotated[str, typer.Option(help="Cron expression, e.g. '0 3 * * 0' (Sundays 03:00).")],
                      task: Task = None, data: Data = None, model: Model = None, param: Param = None,
-                     profile: Profile = None, spec: Spec = DEFAULT_SPEC) -> None:
-    """Retrain TASK on a schedule on KFP_HOST, always on the latest pipeline version."""
-    schedule(arguments(task, profile, data, model, param), cron, profile, spec)
+                     profile: Profile = None, spec: Spec = DEFAULT_SPEC,
+                     version: Annotated[str | None, typer.Option(help=(
+                         "Uploaded pipeline version to pin (default: upload this spec as a new version and pin "
+                         "that)."))] = None) -> None:
+    """Retrain TASK on a schedule on KFP_HOST, pinned to one pipeline version."""
+    schedule(arguments(task, profile, data, model, param), cron, profile, spec, version)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,7 +39,7 @@ def spec_docs(path: Path) -> list[dict]:
 def test_submit_sends_the_compiled_spec_arguments_and_experiment(kfp_server, tmp_path, capsys):
     spec = tmp_path / "spec.yaml"
     argv = ["run", "--task", "rte", "--profile", "paper", "--spec", str(spec), "--data", "gs://bucket/superglue/RTE",
-            "--param", "seeds=[1,2]", "--param", "register_threshold=0.6", "--param", "registry_remote=",
+            "--param", "seeds=[1,2]", "--param", "register_threshold=0.6", "--param", "registry_remote=gs://b/dvc",
             "--param", "data_root=gs://bucket/validated-data"]
     assert run.main(argv) == 0
     assert run.main(argv) == 0  # a second submission reuses the experiment
@@ -59,7 +59,7 @@ def test_submit_sends_the_compiled_spec_arguments_and_experiment(kfp_server, tmp
     assert body["display_name"].startswith("rte-")
     assert body["runtime_config"]["parameters"] == {
         "task": "rte", "profile": "paper", "data": "gs://bucket/superglue/RTE", "seeds": [1, 2],
-        "register_threshold": 0.6, "registry_remote": "", "data_root": "gs://bucket/validated-data"}
+        "register_threshold": 0.6, "registry_remote": "gs://b/dvc", "data_root": "gs://bucket/validated-data"}
     assert "pipeline_version_reference" not in body  # the spec itself is sent, not a reference
 
     sent, sent_platform = body["pipeline_spec"]["pipeline_spec"], body["pipeline_spec"]["platform_spec"]
@@ -71,10 +71,10 @@ def test_submit_sends_the_compiled_spec_arguments_and_experiment(kfp_server, tmp
     # each step keeps its own caching option: validation (its input is a location) and registration never cached
     root_tasks = sent["root"]["dag"]["tasks"]
     assert root_tasks["validate-data"]["cachingOptions"] == {}  # enableCache false (proto default)
-    assert root_tasks["lm-adapt"]["cachingOptions"] == root_tasks["evaluate-prompts"]["cachingOptions"] == {
+    tasks = {n: t for c in sent["components"].values() if "dag" in c for n, t in c["dag"]["tasks"].items()}
+    assert tasks["lm-adapt"]["cachingOptions"] == tasks["evaluate-prompts"]["cachingOptions"] == {
         "enableCache": True}
-    cond = next(c for name, c in sent["components"].items() if name.startswith("comp-condition-"))
-    assert cond["dag"]["tasks"]["register-prompt"]["cachingOptions"] == {}  # enableCache false (proto default)
+    assert tasks["register-prompt"]["cachingOptions"] == {}  # enableCache false (proto default)
 
     # --no-cache (make pipeline-run CACHE=0): one run with caching off for every step
     assert run.main(argv + ["--no-cache"]) == 0
@@ -111,43 +111,54 @@ def test_upload_creates_the_pipeline_then_adds_versions(kfp_server, tmp_path, ca
     assert f"version v2 ({new_id})" in capsys.readouterr().out
 
 
-def test_cluster_runs_need_a_shared_data_root(kfp_server, tmp_path, capsys):
-    """Validation stores the data where train and evaluate read it: a local path would exist in one pod only."""
+def test_cluster_runs_refuse_local_paths_and_empty_registry_settings(kfp_server, tmp_path, capsys):
+    """What the preflight step refuses is refused before anything reaches the server: one line naming each
+    setting and what to pass."""
     for command in (["run"], ["schedule", "--cron", "0 3 * * 0"]):
-        argv = [*command, "--task", "rte", "--profile", "paper", "--spec", str(tmp_path / "spec.yaml")]
+        argv = [*command, "--task", "rte", "--profile", "paper", "--spec", str(tmp_path / "spec.yaml"),
+                "--param", f"data_root={tmp_path}", "--param", "registry_repo=", "--param", "registry_remote="]
         assert run.main(argv) == 2
         err = capsys.readouterr().err
-        assert "data_root" in err and "--param data_root=gs://" in err and "Traceback" not in err
+        assert "--param data_root=gs://" in err and "registry_repo" in err and "registry_remote" in err
+        assert "Traceback" not in err and len(err.strip().splitlines()) <= 2
     assert not kfp_server.requests_to("POST", f"{API}/runs")
     assert not kfp_server.requests_to("POST", f"{API}/recurringruns")
+    assert not kfp_server.requests_to("POST", f"{API}/pipelines/upload")
 
 
-def test_schedule_runs_the_latest_version_weekly(kfp_server, tmp_path, capsys):
+def test_schedule_pins_the_pipeline_version(kfp_server, tmp_path, capsys):
+    """Finding 7: a schedule runs the version it was given, not whatever was uploaded last."""
     spec = tmp_path / "spec.yaml"
     argv = ["schedule", "--task", "cb", "--profile", "paper", "--spec", str(spec),
             "--param", "data_root=gs://bucket/validated-data", "--cron", "0 3 * * 0", "--param", "seeds=[42,43,44]"]
     assert run.main(argv) == 0
     (pipeline_id,) = kfp_server.pipelines  # uploaded first, since it did not exist
+    (first_version,) = kfp_server.versions[pipeline_id]
     (job,) = kfp_server.requests_to("POST", f"{API}/recurringruns")
     body = job.body
     assert body["trigger"] == {"cron_schedule": {"cron": "0 0 3 * * 0"}}  # KFP's cron has a seconds field
-    assert body["pipeline_version_reference"] == {"pipeline_id": pipeline_id}  # no version pinned: the latest
+    assert body["pipeline_version_reference"] == {"pipeline_id": pipeline_id,
+                                                  "pipeline_version_id": first_version["pipeline_version_id"]}
     assert "pipeline_spec" not in body
-    assert body["runtime_config"] == {"parameters": {"task": "cb", "profile": "paper", "seeds": [42, 43, 44],
-                                                     "data_root": "gs://bucket/validated-data"}}
+    assert body["runtime_config"]["parameters"] == {"task": "cb", "profile": "paper", "seeds": [42, 43, 44],
+                                                    "data_root": "gs://bucket/validated-data"}
     assert int(body["max_concurrency"]) == 1 and body["no_catchup"] is True and body["mode"] == "ENABLE"
     assert body["display_name"] == "retrain-cb"
     assert kfp_server.experiments[body["experiment_id"]]["display_name"] == "softprompt-cb"
     (job_id,) = kfp_server.recurring_runs
     assert f"scheduled {job_id}: cb at '0 3 * * 0'" in capsys.readouterr().out
 
-    # a second schedule on an existing pipeline uploads nothing and keeps the version unpinned
-    assert run.main(argv[:-4] + ["--cron", "0 0 4 * * 1"]) == 0
-    assert len(kfp_server.requests_to("POST", f"{API}/pipelines/upload")) == 1
-    assert not kfp_server.requests_to("POST", f"{API}/pipelines/upload_version")
+    # a new version uploaded later; a schedule given --version NAME pins that one, not the latest
+    assert run.main(["upload", "--profile", "smoke", "--spec", str(spec), "--version", "v2"]) == 0
+    assert run.main(argv[:-4] + ["--cron", "0 0 4 * * 1", "--version", first_version["display_name"]]) == 0
+    assert not [r for r in kfp_server.requests_to("POST", f"{API}/pipelines/upload_version")
+                if r.query["name"] != "v2"]  # --version uploads nothing
     second = kfp_server.requests_to("POST", f"{API}/recurringruns")[1].body
     assert second["trigger"]["cron_schedule"]["cron"] == "0 0 4 * * 1"  # 6 fields pass as they are
-    assert second["pipeline_version_reference"] == {"pipeline_id": pipeline_id}
+    assert second["pipeline_version_reference"] == {"pipeline_id": pipeline_id,
+                                                    "pipeline_version_id": first_version["pipeline_version_id"]}
+    assert run.main(argv[:-4] + ["--cron", "0 3 * * 0", "--version", "nope"]) == 2
+    assert "--version nope" in capsys.readouterr().err
 
 
 def test_bad_cron_stops_before_contacting_the_server(kfp_server, tmp_path, capsys):

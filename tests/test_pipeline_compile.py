@@ -32,126 +32,172 @@ def compiled(request, tmp_path_factory):
 
 
 def expected_defaults(profile: str) -> dict:
-    """Each pipeline parameter and the params.yaml value its default must equal."""
+    """Each pipeline parameter and the params.yaml value its default must equal in the cluster spec (storage
+    settings from cluster.pipeline_defaults)."""
     p = load_params(profile)
-    pipe = p["pipeline"]
+    pipe, storage = p["pipeline"], p["cluster"]["pipeline_defaults"]
     return {
-        "task": pipe["task"], "model": p["model"], "data": pipe["data"], "data_root": pipe["data_root"],
+        "task": pipe["task"], "model": p["model"], "data": pipe["data"], "data_root": storage["data_root"],
         "reuse_validation": pipe["reuse_validation"],
         "lm_adapt_steps": pipe["lm_adapt_steps"],
         "lm_objective": p["lm_adapt"]["objective"], "lm_corpus": pipe["lm_corpus"],
-        "lm_cache_root": pipe["lm_cache_root"], "prompt_length": p["prompt"]["length"], "init": p["prompt"]["init"],
+        "lm_cache_root": storage["lm_cache_root"], "prompt_length": p["prompt"]["length"], "init": p["prompt"]["init"],
         "steps": p["train"]["steps"], "batch_size": p["train"]["batch_size"],
         "learning_rate": p["train"]["optimizer"]["prompt"]["lr"],
         "seeds": [p["train"]["seed"] + i for i in range(pipe["num_prompts"])], "eval_mode": p["eval"]["mode"],
         "eval_split": p["eval"]["split"], "register_threshold": pipe["register_threshold"],
         "promote": p["registry"]["promote"], "promotion_margin": p["registry"]["promotion_margin"],
-        "registry_repo": pipe["registry_repo"], "registry_remote": "", "profile": profile,
+        "registry_repo": storage["registry_repo"], "registry_remote": storage["registry_remote"], "profile": profile,
     }
+
+
+def all_dags(spec: dict) -> list[dict]:
+    return [spec["root"]["dag"]] + [c["dag"] for c in spec["components"].values() if "dag" in c]
 
 
 def task_of(spec: dict, name: str) -> dict:
     """A task anywhere in the DAG (root, loop or condition sub-DAG)."""
-    for dag in [spec["root"]["dag"]] + [c["dag"] for c in spec["components"].values() if "dag" in c]:
+    for dag in all_dags(spec):
         if name in dag["tasks"]:
             return dag["tasks"][name]
     raise KeyError(name)
 
 
+def dag_of(spec: dict, name: str) -> dict:
+    """The sub-DAG of a loop or condition task."""
+    return spec["components"][task_of(spec, name)["componentRef"]["name"]]["dag"]
+
+
+def named(spec: dict, display: str) -> str:
+    """The task name of a condition (dsl.If/Else name=...), e.g. 'data-passed' -> 'condition-7'."""
+    (found,) = [n for dag in all_dags(spec) for n, t in dag["tasks"].items() if t["taskInfo"]["name"] == display]
+    return found
+
+
+def exec_name(spec: dict, step: str) -> str:
+    return task_of(spec, step)["componentRef"]["name"].replace("comp-", "exec-")
+
+
 def executor(spec: dict, step: str) -> dict:
-    return spec["deploymentSpec"]["executors"][task_of(spec, step)["componentRef"]["name"].replace("comp-", "exec-")]
+    return spec["deploymentSpec"]["executors"][exec_name(spec, step)]
 
 
-def test_dag_five_steps_loop_condition(compiled):
+def test_dag_preflight_validate_then_gated_steps(compiled):
     _, spec, _ = compiled
     assert spec["pipelineInfo"]["name"] == PIPELINE_NAME
     root = spec["root"]["dag"]["tasks"]
-    loop = next(n for n in root if n.startswith("for-loop-"))
-    cond = next(n for n in root if n.startswith("condition-"))
-    assert set(root) == {"validate-data", "lm-adapt", "evaluate-prompts", loop, cond}
-    deps = {name: sorted(t.get("dependentTasks", [])) for name, t in root.items()}
-    assert deps == {"validate-data": [], "lm-adapt": [], loop: ["lm-adapt", "validate-data"],
-                    "evaluate-prompts": [loop, "validate-data"], cond: ["evaluate-prompts"]}
+    branches = next(n for n in root if n.startswith("condition-branches-"))
+    assert set(root) == {"preflight", "validate-data", branches}
+    assert root["validate-data"]["dependentTasks"] == ["preflight"]  # the CPU preflight runs before anything else
+    assert "dependentTasks" not in root["preflight"]
+    passed, failed = named(spec, "data-passed"), named(spec, "data-failed")
+    assert set(dag_of(spec, branches)["tasks"]) == {passed, failed}
+
+    # finding 6: validate-data outputs whether the data passed; the GPU steps run only then, else the run fails
+    assert spec["components"]["comp-validate-data"]["outputDefinitions"]["parameters"]["passed"] == {
+        "parameterType": "BOOLEAN"}
+    assert task_of(spec, passed)["triggerPolicy"]["condition"] == (
+        "inputs.parameter_values['pipelinechannel--validate-data-passed'] == true")
+    assert task_of(spec, failed)["triggerPolicy"]["condition"] == (
+        "!(inputs.parameter_values['pipelinechannel--validate-data-passed'] == true)")
+    assert set(dag_of(spec, failed)["tasks"]) == {"validation-failed"}
+    assert task_of(spec, "validation-failed")["inputs"]["artifacts"]["validation"] == {
+        "componentInputArtifact": "pipelinechannel--validate-data-validation"}
+    gated = dag_of(spec, passed)["tasks"]
+    loop = next(n for n in gated if n.startswith("for-loop-"))
+    lm_branches = next(n for n in gated if n.startswith("condition-branches-"))
+    threshold = named(spec, "passes-threshold")
+    assert set(gated) == {"importer", lm_branches, loop, "evaluate-prompts", threshold}
+
+    # finding 7: lm-adapt (a GPU step) only when lm_adapt_steps > 0; else base-as-is, a CPU step
+    on, off = named(spec, "lm-adapt-on"), named(spec, "lm-adapt-off")
+    assert task_of(spec, on)["triggerPolicy"]["condition"] == (
+        "int(inputs.parameter_values['pipelinechannel--lm_adapt_steps']) > 0")
+    assert set(dag_of(spec, on)["tasks"]) == {"lm-adapt"} and set(dag_of(spec, off)["tasks"]) == {"base-as-is"}
+    one_of = spec["components"][task_of(spec, lm_branches)["componentRef"]["name"]]["dag"]["outputs"]["artifacts"]
+    ((base_key, selectors),) = one_of.items()
+    assert [s["producerSubtask"] for s in selectors["artifactSelectors"]] == [on, off]
 
     # ParallelFor: one train-prompt per entry of the `seeds` parameter, no parallelism cap
-    assert root[loop]["parameterIterator"]["items"] == {"inputParameter": "pipelinechannel--seeds"}
-    assert root[loop]["inputs"]["parameters"]["pipelinechannel--seeds"] == {"componentInputParameter": "seeds"}
-    assert "iteratorPolicy" not in root[loop]
-    loop_dag = spec["components"][root[loop]["componentRef"]["name"]]["dag"]
-    assert set(loop_dag["tasks"]) == {"train-prompt"}
-    train = loop_dag["tasks"]["train-prompt"]
-    item = root[loop]["parameterIterator"]["itemInput"]
-    assert train["inputs"]["parameters"]["seed"] == {"componentInputParameter": item}
-    assert set(train["inputs"]["artifacts"]) == {"base"}  # the data comes as parameters (see the caching test)
-    assert train["inputs"]["artifacts"]["base"] == {"componentInputArtifact": "pipelinechannel--lm-adapt-model"}
+    assert gated[loop]["parameterIterator"]["items"] == {"inputParameter": "pipelinechannel--seeds"}
+    assert "iteratorPolicy" not in gated[loop]
+    assert set(dag_of(spec, loop)["tasks"]) == {"train-prompt"}
+    train = task_of(spec, "train-prompt")
+    assert train["inputs"]["parameters"]["seed"] == {
+        "componentInputParameter": gated[loop]["parameterIterator"]["itemInput"]}
+    assert set(train["inputs"]["artifacts"]) == {"base", "data"}
 
-    # Collected: evaluation gets the loop's prompts (a list)
-    evaluate = root["evaluate-prompts"]["inputs"]["artifacts"]
-    assert evaluate["prompts"] == {"taskOutputArtifact": {"outputArtifactKey": "pipelinechannel--train-prompt-prompt",
-                                                          "producerTask": loop}}
-    assert loop_dag["outputs"]["artifacts"]["pipelinechannel--train-prompt-prompt"]["artifactSelectors"] == [
-        {"outputArtifactKey": "prompt", "producerSubtask": "train-prompt"}]
-    assert set(evaluate) == {"prompts"}
-    assert spec["components"]["comp-evaluate-prompts"]["inputDefinitions"]["artifacts"]["prompts"]["isArtifactList"]
+    # finding 1: evaluation takes the same base artifact as training (a pod reads only declared inputs)
+    evaluate = gated["evaluate-prompts"]["inputs"]
+    assert evaluate["artifacts"]["base"] == {"taskOutputArtifact": {"outputArtifactKey": base_key,
+                                                                    "producerTask": lm_branches}}
+    assert gated[loop]["inputs"]["artifacts"][train["inputs"]["artifacts"]["base"]["componentInputArtifact"]] == \
+        evaluate["artifacts"]["base"]
+    assert evaluate["artifacts"]["prompts"] == {"taskOutputArtifact": {
+        "outputArtifactKey": "pipelinechannel--train-prompt-prompt", "producerTask": loop}}
+    assert set(evaluate["artifacts"]) == {"prompts", "base", "data"}
+    inputs = spec["components"]["comp-evaluate-prompts"]["inputDefinitions"]
+    assert inputs["artifacts"]["base"]["artifactType"]["schemaTitle"] == "system.Model"
+    assert inputs["artifacts"]["prompts"]["isArtifactList"]
+    assert evaluate["parameters"]["profile"] == {"componentInputParameter": "pipelinechannel--profile"}  # finding 7
 
     # dsl.If: registration only when the best prompt's score reaches register_threshold
-    assert root[cond]["taskInfo"]["name"] == "passes-threshold"
-    assert root[cond]["triggerPolicy"]["condition"] == (
+    assert task_of(spec, threshold)["triggerPolicy"]["condition"] == (
         "inputs.parameter_values['pipelinechannel--evaluate-prompts-Output'] >= "
         "inputs.parameter_values['pipelinechannel--register_threshold']")
-    params = root[cond]["inputs"]["parameters"]
-    assert params["pipelinechannel--evaluate-prompts-Output"] == {
-        "taskOutputParameter": {"outputParameterKey": "Output", "producerTask": "evaluate-prompts"}}
-    assert params["pipelinechannel--register_threshold"] == {"componentInputParameter": "register_threshold"}
-    cond_dag = spec["components"][root[cond]["componentRef"]["name"]]["dag"]
-    assert set(cond_dag["tasks"]) == {"register-prompt"}
-    register = cond_dag["tasks"]["register-prompt"]
+    assert set(dag_of(spec, threshold)["tasks"]) == {"register-prompt"}
+    register = task_of(spec, "register-prompt")
     assert register["inputs"]["artifacts"] == {
         "prompt": {"componentInputArtifact": "pipelinechannel--evaluate-prompts-best_prompt"},
         "evaluation": {"componentInputArtifact": "pipelinechannel--evaluate-prompts-evaluation"}}
     assert register["inputs"]["parameters"]["run_id"] == {"runtimeValue": {"constant": "{{$.pipeline_job_uuid}}"}}
+    # finding 5: registration outputs a Model (the registry version) beside its Markdown summary
+    outputs = spec["components"]["comp-register-prompt"]["outputDefinitions"]["artifacts"]
+    assert outputs["registered"]["artifactType"]["schemaTitle"] == "system.Model"
 
 
-    # the pipeline's output is the best prompt's score
-    assert spec["root"]["dag"]["outputs"]["parameters"]["Output"]["valueFromParameter"] == {
-        "outputParameterKey": "Output", "producerSubtask": "evaluate-prompts"}
-
-
-def test_caching_follows_the_data_content(compiled):
-    """validate-data and registration are never cached; train and evaluate take the data's fingerprint and
-    content-addressed location as parameters (KFP's cache key has parameter values, but only the names of input
-    artifacts, which are new whenever an always-run step produces them)."""
+def test_data_enters_through_the_importer(compiled):
+    """Finding 5: one Dataset artifact per content-addressed location (reimport=False: the same URI is the same ML
+    Metadata artifact, so an unchanged week keeps train's and evaluate's cache keys)."""
     _, spec, _ = compiled
-    root = spec["root"]["dag"]["tasks"]
-    loop = next(n for n in root if n.startswith("for-loop-"))
-    # enableCache false is the proto default, so the compiler leaves cachingOptions empty
-    assert task_of(spec, "validate-data")["cachingOptions"] == {}
-    assert task_of(spec, "register-prompt")["cachingOptions"] == {}
-    for step in ("lm-adapt", "train-prompt", "evaluate-prompts"):
-        assert task_of(spec, step)["cachingOptions"] == {"enableCache": True}, step
-
-    validate = spec["components"]["comp-validate-data"]
-    assert validate["outputDefinitions"]["parameters"] == {"fingerprint": {"parameterType": "STRING"},
-                                                           "location": {"parameterType": "STRING"}}
-    assert root["validate-data"]["inputs"]["parameters"]["data_root"] == {"componentInputParameter": "data_root"}
-
-    def from_validate(key: str) -> dict:
-        return {"taskOutputParameter": {"outputParameterKey": key, "producerTask": "validate-data"}}
-
-    evaluate = root["evaluate-prompts"]["inputs"]
-    assert evaluate["parameters"]["data"] == from_validate("location")
-    assert evaluate["parameters"]["data_fingerprint"] == from_validate("fingerprint")
-    assert root[loop]["inputs"]["parameters"]["pipelinechannel--validate-data-location"] == from_validate("location")
-    assert root[loop]["inputs"]["parameters"]["pipelinechannel--validate-data-fingerprint"] == from_validate(
-        "fingerprint")
-    train = task_of(spec, "train-prompt")["inputs"]
-    assert train["parameters"]["data"] == {"componentInputParameter": "pipelinechannel--validate-data-location"}
-    assert train["parameters"]["data_fingerprint"] == {
-        "componentInputParameter": "pipelinechannel--validate-data-fingerprint"}
+    importer = executor(spec, "importer")["importer"]
+    assert importer["artifactUri"] == {"runtimeParameter": "uri"}
+    assert importer["typeSchema"]["schemaTitle"] == "system.Dataset"
+    assert not importer.get("reimport", False)
+    gated = dag_of(spec, named(spec, "data-passed"))["tasks"]
+    assert gated["importer"]["inputs"]["parameters"]["uri"] == {
+        "componentInputParameter": "pipelinechannel--validate-data-location"}
+    from_importer = {"taskOutputArtifact": {"outputArtifactKey": "artifact", "producerTask": "importer"}}
+    assert gated["evaluate-prompts"]["inputs"]["artifacts"]["data"] == from_importer
+    loop = next(n for n in gated if n.startswith("for-loop-"))
+    assert gated[loop]["inputs"]["artifacts"]["pipelinechannel--importer-artifact"] == from_importer
     for step in ("train-prompt", "evaluate-prompts"):
         comp = spec["components"][task_of(spec, step)["componentRef"]["name"]]["inputDefinitions"]
+        assert comp["artifacts"]["data"]["artifactType"]["schemaTitle"] == "system.Dataset", step
         assert comp["parameters"]["data_fingerprint"]["parameterType"] == "STRING", step
-        assert "data" not in comp.get("artifacts", {}), step  # no artifact from the always-run validation
+
+
+def test_caching(compiled):
+    """preflight, validate-data, validation-failed and registration are never cached; the cached steps take
+    preflight's cache epoch, so no cache hit is older than cluster.cache_max_age_days (finding 7)."""
+    _, spec, _ = compiled
+    # enableCache false is the proto default, so the compiler leaves cachingOptions empty
+    for step in ("preflight", "validate-data", "validation-failed", "register-prompt"):
+        assert task_of(spec, step)["cachingOptions"] == {}, step
+    for step in ("lm-adapt", "base-as-is", "train-prompt", "evaluate-prompts"):
+        assert task_of(spec, step)["cachingOptions"] == {"enableCache": True}, step
+    for step in ("lm-adapt", "train-prompt", "evaluate-prompts"):
+        epoch = task_of(spec, step)["inputs"]["parameters"]["cache_epoch"]
+        assert epoch.get("componentInputParameter", "").endswith("preflight-Output"), (step, epoch)
+    assert spec["root"]["dag"]["tasks"]["preflight"]["inputs"]["parameters"]["cache_max_age_days"] == {
+        "runtimeValue": {"constant": load_params()["cluster"]["cache_max_age_days"]}}
+
+
+def test_train_checkpoints_under_the_pipeline_root(compiled):
+    """Finding 3: durable storage every retry of the step reaches, not pod scratch."""
+    _, spec, _ = compiled
+    assert task_of(spec, "train-prompt")["inputs"]["parameters"]["checkpoint_root"] == {
+        "runtimeValue": {"constant": "{{$.pipeline_root}}/checkpoints"}}
 
 
 def test_parameters_default_to_params_yaml_and_are_described(compiled):
@@ -167,30 +213,80 @@ def test_parameters_default_to_params_yaml_and_are_described(compiled):
     assert declared["register_threshold"]["parameterType"] == "NUMBER_DOUBLE"
 
 
+def test_cluster_spec_defaults_are_shared_storage(compiled):
+    """Finding 2: the uploaded spec's defaults work on a cluster (a UI run with them passes preflight); the
+    local pipeline keeps params.yaml's local defaults."""
+    import inspect
+
+    from pipelines.prompt_tuning import build_pipeline
+    from softprompt.pipeline_steps import check_cluster_settings
+
+    profile, spec, _ = compiled
+    declared = {k: v["defaultValue"] for k, v in spec["root"]["inputDefinitions"]["parameters"].items()}
+    assert declared["data_root"].startswith("gs://") and declared["registry_remote"].startswith("gs://")
+    assert declared["registry_repo"].startswith("https://")
+    check_cluster_settings(declared)  # raises on a local path or an empty registry setting
+    local = inspect.signature(build_pipeline(profile, on_cluster=False).pipeline_func).parameters
+    pipe = load_params(profile)["pipeline"]
+    assert local["data_root"].default == pipe["data_root"] and local["registry_repo"].default == pipe["registry_repo"]
+
+
 def test_every_step_runs_in_the_project_image(compiled):
     _, spec, _ = compiled
     executors = spec["deploymentSpec"]["executors"]
-    assert len(executors) == 5
+    assert set(executors) == {f"exec-{s}" for s in ("preflight", "validate-data", "validation-failed", "lm-adapt",
+                                                     "base-as-is", "importer", "train-prompt", "evaluate-prompts",
+                                                     "register-prompt")}
     for name, ex in executors.items():
+        if name == "exec-importer":
+            continue  # run by the KFP driver, no container
         container = ex["container"]
-        assert container["image"] == component_image(), name
+        assert container["image"] == component_image(), name  # no digest recorded in this checkout's build/
         assert "pip install" not in " ".join(container["command"]), name  # kfp and softprompt are in the image
+
+
+def test_image_by_digest_when_make_image_recorded_one(tmp_path, monkeypatch):
+    """Finding 7: a recorded digest pins every step's image (the cache key and the code that runs agree)."""
+    from softprompt import cluster
+
+    digest = "sha256:" + "ab" * 32
+    monkeypatch.setattr(cluster, "DIGEST_DIR", tmp_path)
+    (tmp_path / "image-digest-cuda.txt").write_text(digest + "\n")
+    spec_path = tmp_path / "spec.yaml"
+    assert run.main(["compile", "--profile", "paper", "--spec", str(spec_path)]) == 0
+    spec = next(yaml.safe_load_all(spec_path.read_text()))
+    images = {name: ex["container"]["image"] for name, ex in spec["deploymentSpec"]["executors"].items()
+              if "container" in ex}
+    assert set(images.values()) == {f"{load_params()['cluster']['image']}@{digest}"}, images
+    (tmp_path / "image-digest-cuda.txt").write_text("latest\n")
+    with pytest.raises(Exception, match="is not an image digest"):
+        cluster.pinned_image("cuda")
+
+
+STEP_KINDS = {"preflight": "light", "validate-data": "light", "validation-failed": "light", "base-as-is": "light",
+              "register-prompt": "light", "lm-adapt": "heavy", "train-prompt": "heavy", "evaluate-prompts": "heavy"}
 
 
 def test_scheduling_per_profile(compiled):
     profile, spec, platform = compiled
     cluster = load_params(profile)["cluster"]
-    heavy, light = cluster["resources"]["heavy"], cluster["resources"]["light"]
     cpu_pool = cluster["cpu_pool"]["node_selector"]
-    for step in GPU_STEPS + CPU_STEPS:
+    for step, kind in STEP_KINDS.items():
+        want = cluster["resources"][kind]
         res = executor(spec, step)["container"]["resources"]
-        want = heavy if step in GPU_STEPS else light
-        assert (res["resourceCpuRequest"], res["resourceMemoryRequest"]) == (want["cpu"], want["memory"]), step
-    for step in CPU_STEPS:
-        exec_name = task_of(spec, step)["componentRef"]["name"].replace("comp-", "exec-")
-        assert platform[exec_name]["nodeSelector"]["labels"] == cpu_pool, step
-        assert "tolerations" not in platform[exec_name], step
-        assert "accelerator" not in executor(spec, step)["container"]["resources"], step
+        assert (res["resourceCpuRequest"], res["resourceMemoryRequest"], res["resourceMemoryLimit"]) == (
+            want["cpu"], want["memory"], want["memory_limit"]), step
+        # finding 7: every step has a timeout and a bounded scratch disk, from params.yaml cluster:
+        k8s = platform[exec_name(spec, step)]
+        assert k8s["activeDeadlineSeconds"] == str(cluster["timeouts"][step]), step
+        assert k8s["emptyDirMounts"] == [{"mountPath": cluster["scratch_path"], "sizeLimit": want["scratch"],
+                                          "volumeName": "scratch"}], step
+        env = {e["name"]: e["value"] for e in executor(spec, step)["container"]["env"]}
+        assert env["TMPDIR"] == env["HOME"] == cluster["scratch_path"], step
+    for step in (s for s, kind in STEP_KINDS.items() if kind == "light"):
+        assert platform[exec_name(spec, step)]["nodeSelector"]["labels"] == cpu_pool, step
+        assert "tolerations" not in platform[exec_name(spec, step)], step
+        assert "accelerator" not in executor(spec, step)["container"]["resources"], step  # base-as-is: no GPU
         assert "retryPolicy" not in task_of(spec, step), step
 
     if profile == "paper":
@@ -199,9 +295,9 @@ def test_scheduling_per_profile(compiled):
             res = executor(spec, step)["container"]["resources"]
             assert res["accelerator"]["resourceType"] == "nvidia.com/gpu", step
             assert res["accelerator"]["resourceCount"] == "1", step
-            exec_name = task_of(spec, step)["componentRef"]["name"].replace("comp-", "exec-")
-            assert platform[exec_name]["nodeSelector"]["labels"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
-            assert platform[exec_name]["tolerations"] == [
+            assert platform[exec_name(spec, step)]["nodeSelector"]["labels"] == {
+                "cloud.google.com/gke-accelerator": "nvidia-l4"}
+            assert platform[exec_name(spec, step)]["tolerations"] == [
                 {"key": "nvidia.com/gpu", "operator": "Equal", "value": "present", "effect": "NoSchedule"}]
             retry = task_of(spec, step)["retryPolicy"]  # spot GPU nodes get preempted
             assert retry["maxRetryCount"] == 3 and retry["backoffDuration"] == "120s", step
@@ -209,9 +305,8 @@ def test_scheduling_per_profile(compiled):
         assert cluster["accelerator"] == "none"
         for step in GPU_STEPS:
             assert "accelerator" not in executor(spec, step)["container"]["resources"], (profile, step)
-            exec_name = task_of(spec, step)["componentRef"]["name"].replace("comp-", "exec-")
-            assert "nodeSelector" not in platform.get(exec_name, {}), (profile, step)
-            assert "tolerations" not in platform.get(exec_name, {}), (profile, step)
+            assert "nodeSelector" not in platform.get(exec_name(spec, step), {}), (profile, step)
+            assert "tolerations" not in platform.get(exec_name(spec, step), {}), (profile, step)
             assert "retryPolicy" not in task_of(spec, step), (profile, step)
 
 
@@ -235,7 +330,8 @@ def test_secrets(compiled):
     assert (volume["secretName"], volume["mountPath"], volume["optional"]) == (gcs["name"], gcs["mount_path"], False)
     container = spec["deploymentSpec"]["executors"]["exec-register-prompt"]["container"]
     env = {e["name"]: e["value"] for e in container["env"]}
-    assert env == {gcs["env"]: f"{gcs['mount_path']}/{gcs['key']}"}
+    scratch = load_params(profile)["cluster"]["scratch_path"]
+    assert env == {gcs["env"]: f"{gcs['mount_path']}/{gcs['key']}", "TMPDIR": scratch, "HOME": scratch}
     assert all("secretAsVolume" not in ex for name, ex in platform.items() if name != "exec-register-prompt")
 
 

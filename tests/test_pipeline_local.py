@@ -105,11 +105,18 @@ def artifact_meta(run_dir: Path, step: str, name: str) -> dict:
     return art["metadata"]
 
 
+def iteration(run_dir: Path, i: int) -> Path:
+    """The directory of the ParallelFor's i-th train-prompt (the loop's number follows the DAG's other groups)."""
+    (found,) = run_dir.glob(f"for-loop-*-iteration-{i}")
+    return found
+
+
 def test_run_succeeds(smoke):
     assert smoke.rc == 0, smoke.out[-3000:]
+    loop = iteration(smoke.run_dir, 0).name.removesuffix("-iteration-0")
     assert {p.name for p in smoke.run_dir.iterdir()} == {
-        "validate-data", "lm-adapt", "for-loop-1-iteration-0", "for-loop-1-iteration-1", "evaluate-prompts",
-        "register-prompt"}
+        "preflight", "validate-data", "base-as-is", f"{loop}-iteration-0", f"{loop}-iteration-1",
+        "evaluate-prompts", "register-prompt"}  # lm_adapt_steps 0: base-as-is (CPU), no lm-adapt (GPU)
 
 
 def fingerprint_of(directory: Path, names: tuple[str, ...] = ("train.jsonl", "val.jsonl")) -> str:
@@ -139,9 +146,9 @@ def test_validation_report_and_validated_dataset(smoke):
 
 
 def test_lm_adaptation_skipped_passes_the_base_through(smoke):
-    assert json.loads((smoke.run_dir / "lm-adapt" / "model" / "model_ref.json").read_text()) == {
+    assert json.loads((smoke.run_dir / "base-as-is" / "model" / "model_ref.json").read_text()) == {
         "model": "tiny", "lm_adapted": False}
-    assert outputs(smoke.run_dir, "lm-adapt")["parameterValues"]["Output"] == "tiny"
+    assert outputs(smoke.run_dir, "base-as-is")["parameterValues"]["Output"] == "tiny"
 
 
 def test_one_peft_prompt_per_seed(smoke):
@@ -149,7 +156,7 @@ def test_one_peft_prompt_per_seed(smoke):
     data = outputs(smoke.run_dir, "validate-data")["parameterValues"]
     seeds = []
     for i in (0, 1):
-        prompt = smoke.run_dir / f"for-loop-1-iteration-{i}" / "train-prompt" / "prompt"
+        prompt = iteration(smoke.run_dir, i) / "train-prompt" / "prompt"
         adapter = json.loads((prompt / "adapter_config.json").read_text())
         assert adapter["peft_type"] == "PROMPT_TUNING"
         assert adapter["num_virtual_tokens"] == smoke_params["prompt"]["length"] == 20
@@ -162,7 +169,7 @@ def test_one_peft_prompt_per_seed(smoke):
         assert meta["data"]["source"] == data["location"]  # trained on the validated copy, not the raw input
         assert meta["data_content"] == {"fingerprint": data["fingerprint"], "location": data["location"]}
         seeds.append(meta["train"]["seed"])
-        step_meta = artifact_meta(smoke.run_dir / f"for-loop-1-iteration-{i}", "train-prompt", "prompt")
+        step_meta = artifact_meta(iteration(smoke.run_dir, i), "train-prompt", "prompt")
         assert step_meta["seed"] == meta["train"]["seed"]
     assert sorted(seeds) == [1, 2]
 
@@ -195,7 +202,7 @@ def test_evaluation_metrics_confusion_and_ensemble(smoke):
 
     # the best prompt artifact is a copy of the winning seed's prompt
     best = smoke.run_dir / "evaluate-prompts" / "best_prompt"
-    winner = smoke.run_dir / f"for-loop-1-iteration-{metrics['best_prompt']}" / "train-prompt" / "prompt"
+    winner = iteration(smoke.run_dir, metrics["best_prompt"]) / "train-prompt" / "prompt"
     for name in ("adapter_model.safetensors", "adapter_config.json", "softprompt.json"):
         assert (best / name).read_bytes() == (winner / name).read_bytes(), name
 
@@ -203,11 +210,11 @@ def test_evaluation_metrics_confusion_and_ensemble(smoke):
 def test_each_step_leaves_a_page_that_renders_offline(smoke, tmp_path):
     """The HTML artifacts the UI's viewer shows: self-contained, rendered by headless Chromium with no network."""
     pages = {"validate-data": smoke.run_dir / "validate-data" / "report",
-             "train-prompt": smoke.run_dir / "for-loop-1-iteration-0" / "train-prompt" / "curves",
+             "train-prompt": iteration(smoke.run_dir, 0) / "train-prompt" / "curves",
              "evaluate-prompts": smoke.run_dir / "evaluate-prompts" / "report"}
     for step, page in pages.items():
         assert_renders(page, tmp_path / f"{step}.png")
-    skipped = (smoke.run_dir / "lm-adapt" / "curves").read_text()  # LM adaptation skipped: a line of text
+    skipped = (smoke.run_dir / "base-as-is" / "curves").read_text()  # LM adaptation skipped: a line of text
     assert skipped.startswith("<!DOCTYPE html>") and "lm_adapt_steps is 0: prompts are trained on tiny" in skipped
     validation = json.loads((smoke.run_dir / "validate-data" / "validation" / "validation.json").read_text())
     text = pages["validate-data"].read_text()
@@ -221,9 +228,9 @@ def test_each_step_leaves_a_page_that_renders_offline(smoke, tmp_path):
 def test_train_step_metrics_curves_and_tensorboard_logs(smoke):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    iteration = smoke.run_dir / "for-loop-1-iteration-0"
-    meta = json.loads((iteration / "train-prompt" / "prompt" / "softprompt.json").read_text())
-    logged = artifact_meta(iteration, "train-prompt", "metrics")
+    loop = iteration(smoke.run_dir, 0)
+    meta = json.loads((loop / "train-prompt" / "prompt" / "softprompt.json").read_text())
+    logged = artifact_meta(loop, "train-prompt", "metrics")
     losses = [row["loss"] for row in meta["loss_curve"]]
     validation = meta["metrics"]["validation"]
     assert logged == {"final_loss": losses[-1], "best_loss": min(losses), "best_step": meta["best_step"],
@@ -231,10 +238,10 @@ def test_train_step_metrics_curves_and_tensorboard_logs(smoke):
                       "trainable_parameters": 20 * 64}
     assert [row["step"] for row in meta["validation_curve"]] == [15, 30]  # eval_every 15 of 30 steps
     assert meta["best_step"] in (15, 30) and logged["steps_per_second"] > 0
-    curves = (iteration / "train-prompt" / "curves").read_text()
+    curves = (loop / "train-prompt" / "curves").read_text()
     assert curves.count("data:image/png;base64,") == 2  # training loss, validation score
 
-    (logdir,) = (iteration / "train-prompt" / "prompt" / "runs").iterdir()  # one run: <time>_<host>
+    (logdir,) = (loop / "train-prompt" / "prompt" / "runs").iterdir()  # one run: <time>_<host>
     events = EventAccumulator(str(logdir))  # what `tensorboard --logdir` reads
     events.Reload()
     scalars = events.Tags()["scalars"]
@@ -260,6 +267,11 @@ def test_registered_and_promoted_in_the_registry_repo(smoke):
     result = artifact_meta(smoke.run_dir, "register-prompt", "summary")
     assert (result["version"], result["promoted"], result["new"]) == ("rte-prompt@v1.0.0", True, True)
     assert result["reason"] == "rte has no production prompt yet" and result["value"] == dvc_meta["value"]
+    # the registry version as a Model artifact (ML Metadata: dataset -> prompt -> registered version)
+    (model,) = outputs(smoke.run_dir, "register-prompt")["artifacts"]["registered"]["artifacts"]
+    assert model["uri"] == f"{smoke.registry}#registry/rte/v1"
+    assert {k: model["metadata"][k] for k in ("tag", "md5", "stage")} == {
+        "tag": "rte-prompt@v1.0.0", "md5": version.md5, "stage": "prod"}
 
 
 def test_summary_table(smoke):
@@ -289,9 +301,9 @@ def test_retraining_follows_the_data_content(smoke):
     rc, out, run_dir = run_pipeline(smoke.root, smoke.argv)
     assert rc == 0, out[-3000:]
     rows = table(out)
-    assert rows["cached"] == "evaluate-prompts, lm-adapt, train-prompt, validation (stored report)"
+    assert rows["cached"] == "base-as-is, evaluate-prompts, train-prompt, validation (stored report)"
     assert json.loads((run_dir / "validate-data" / "validation" / "validation.json").read_text())["reused"] is True
-    assert {p.name for p in run_dir.iterdir()} == {"validate-data", "register-prompt"}  # only these ran
+    assert {p.name for p in run_dir.iterdir()} == {"preflight", "validate-data", "register-prompt"}  # only these ran
     assert rows["registered"].startswith("rte-prompt@v1.0.0 (nothing new registered: ")
     assert "is already registered as rte-prompt@v1.0.0" in rows["registered"]
     assert rows["score"] == table(smoke.out)["score"]  # read from the cached evaluation
@@ -308,7 +320,7 @@ def test_retraining_follows_the_data_content(smoke):
     rc, out, run_dir = run_pipeline(smoke.root, [*argv, "--param", "promote=never"])
     assert rc == 0, out[-3000:]
     rows = table(out)
-    assert rows["cached"] == "lm-adapt"  # the base model did not change; the data did
+    assert rows["cached"] == "base-as-is"  # the base model did not change; the data did
     assert rows["registered"] == "rte-prompt@v2.0.0"
     v1, v2 = registry.versions(smoke.registry, "rte")
     assert v1.meta == v1_lineage and v2.number == 2
@@ -336,6 +348,27 @@ def test_below_threshold_skips_registration(tmp_path):
     assert not (run_dir / "register-prompt").exists()
     assert git(reg, "tag", "--list") == "" and git(reg, "rev-parse", "HEAD") == head
     assert "registered  (not registered: below register_threshold)" in out
+
+
+def test_bad_data_fails_the_run_with_the_report_written(tmp_path, capfd):
+    """Finding 6: validate-data succeeds (so its report is kept, in the UI on a cluster), nothing after it but
+    validation-failed runs, and the run ends failed naming what failed."""
+    data = tmp_path / "RTE"
+    write_jsonl(data / "train.jsonl", rte_rows(5))  # fewer rows than validate.min_rows
+    write_jsonl(data / "val.jsonl", rte_rows(5, start=100))
+    reg = registry_repo(tmp_path / "registry")
+    rc, out, run_dir = run_pipeline(tmp_path, [
+        "run", "--task", "rte", "--profile", "smoke", "--data", str(data), "--param", f"registry_repo={reg}",
+        "--param", f"registry_remote={tmp_path / 'remote'}"])
+    assert rc != 0
+    assert {p.name for p in run_dir.iterdir()} == {"preflight", "validate-data"}  # nothing else got outputs
+    captured = capfd.readouterr()
+    logs = out + captured.out + captured.err  # kfp.local streams a step's log to this process's stdout
+    assert "Inner task failed: 'validation-failed'" in logs
+    assert "data validation failed for rte" in logs and "min_rows" in logs, logs[-3000:]
+    assert outputs(run_dir, "validate-data")["parameterValues"]["passed"] is False
+    assert (run_dir / "validate-data" / "report").read_text().lstrip().startswith("<!DOCTYPE html>")
+    assert git(reg, "tag", "--list") == ""
 
 
 def test_preflight_names_what_to_pass_without_the_hub(tmp_path):

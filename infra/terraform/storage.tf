@@ -18,6 +18,8 @@ resource "google_storage_bucket" "pipeline_root" {
     condition {
       age            = var.pipeline_root_retention_days
       matches_prefix = ["runs/"] # run artifacts expire; lm-cache/ (reused adapted checkpoints) stays
+      # KFP's cache may return a run's artifacts later: the pipeline's cached steps take a cache epoch of
+      # params.yaml cluster.cache_max_age_days (< this age), so a cache hit never points at a deleted object.
     }
     action {
       type = "Delete"

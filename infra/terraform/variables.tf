@@ -63,7 +63,7 @@ variable "spot" {
 }
 
 variable "pipeline_root_retention_days" {
-  description = "Pipeline artifacts older than this are deleted (registered prompts live in the registry bucket)."
+  description = "Pipeline artifacts older than this are deleted (registered prompts live in the registry bucket); equal to params.yaml cluster.pipeline_root_retention_days, above cluster.cache_max_age_days."
   type        = number
   default     = 90
 }

@@ -16,6 +16,7 @@ import json
 import math
 import re
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -111,6 +112,32 @@ def image(variant: str = BASE_VARIANT, params: dict[str, Any] | None = None) -> 
     if variant not in variants:
         raise SoftpromptError(f"image variant {variant!r}: params.yaml cluster.images has {', '.join(variants)}")
     return component_image(params) + str(variants[variant].get("tag_suffix", ""))
+
+
+# `make image VARIANT=NAME` records the built image's digest here (build/image-digest-NAME.txt, written by the
+# image build); a spec compiled in this checkout then names the image by that digest, not by its mutable tag.
+DIGEST_DIR = Path(__file__).resolve().parents[2] / "build"
+
+
+def digest_file(variant: str) -> Path:
+    return DIGEST_DIR / f"image-digest-{variant}.txt"
+
+
+def pinned_image(variant: str = BASE_VARIANT, params: dict[str, Any] | None = None) -> str:
+    """The image a compiled step runs: `cluster.image@sha256:...` when `make image` recorded the variant's digest
+    (KFP's cache key holds the image string, so a digest keeps cached results and the code that made them
+    together), else the tag reference `image()` gives. The file holds `sha256:HEX` or a full `NAME@sha256:HEX`."""
+    params = params or load_params()
+    tagged = image(variant, params)
+    path = digest_file(variant)
+    if not path.is_file():
+        return tagged
+    digest = path.read_text(encoding="utf-8").strip()
+    name = digest if "@" in digest else f"{params['cluster']['image']}@{digest}"
+    if not re.fullmatch(r"[^@\s]+@sha256:[0-9a-f]{64}", name):
+        raise SoftpromptError(f"{path}: {digest!r} is not an image digest (sha256:<64 hex> or NAME@sha256:<64 hex>); "
+                              "rebuild with `make image` or delete the file")
+    return name
 
 
 def build_args(variant: str = BASE_VARIANT, params: dict[str, Any] | None = None) -> list[str]:
@@ -224,6 +251,15 @@ def image_command(variant: Variant = None) -> None:
 def build_args_command(variant: Variant = None) -> None:
     """Print an image variant's `docker build --build-arg`s."""
     typer.echo(" ".join(build_args(variant or BASE_VARIANT)))
+
+
+@app.command("code-version")
+def code_version_command() -> None:
+    """Print the code version the registry records for this checkout (the commit, `-dirty` if changed): what
+    `make image` bakes into the image, so code_version inside a step reports the same."""
+    from softprompt.registry import code_version
+
+    typer.echo(code_version(Path.cwd()))
 
 
 def main(argv: list[str] | None = None) -> int:

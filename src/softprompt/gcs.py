@@ -88,3 +88,53 @@ def upload_dir(local: str | Path, uri: str) -> list[str]:
             blob.upload_from_filename(str(path), checksum="crc32c")
             names.append(name)
     return names
+
+
+class CheckpointMirror:
+    """Training checkpoints kept under a gs:// prefix, one `PREFIX/<run key>/checkpoint-N/` per checkpoint, so a
+    retried or preempted pod (a fresh disk) resumes where the last one stopped (softprompt.training.train's
+    `checkpoint_store`). A checkpoint counts only once its COMPLETE marker is written, after all its files:
+    a pod killed mid-upload leaves a partial checkpoint that is never resumed from."""
+
+    COMPLETE = ".softprompt-complete"
+
+    def __init__(self, uri: str) -> None:
+        self.bucket_name, self.prefix = split_uri(uri)
+
+    def _run_prefix(self, run_dir: Path) -> str:
+        return f"{self.prefix}/{run_dir.name}".lstrip("/")
+
+    def _blobs(self, run_dir: Path) -> list:
+        return list(client().list_blobs(self.bucket_name, prefix=self._run_prefix(run_dir) + "/"))
+
+    def restore(self, run_dir: Path) -> list[str]:
+        """Download the run's complete checkpoints into `run_dir`; returns their names."""
+        prefix = self._run_prefix(run_dir) + "/"
+        blobs = self._blobs(run_dir)
+        complete = {b.name[len(prefix):].split("/")[0] for b in blobs if b.name.endswith("/" + self.COMPLETE)}
+        for blob in blobs:
+            rel = blob.name[len(prefix):]
+            if rel.split("/")[0] in complete and not rel.endswith(self.COMPLETE):
+                dest = Path(run_dir) / rel
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                blob.download_to_filename(str(dest), checksum="crc32c")
+        return sorted(complete)
+
+    def save(self, checkpoint: Path) -> None:
+        """Upload one checkpoint (marker last), then drop the run's checkpoints the Trainer has rotated away."""
+        run_dir = checkpoint.parent
+        uri = f"gs://{self.bucket_name}/{self._run_prefix(run_dir)}/{checkpoint.name}"
+        upload_dir(checkpoint, uri)
+        client().bucket(self.bucket_name).blob(f"{split_uri(uri)[1]}/{self.COMPLETE}").upload_from_string("")
+        kept = {p.name for p in run_dir.glob("checkpoint-*")}
+        prefix = self._run_prefix(run_dir) + "/"
+        self._delete([b for b in self._blobs(run_dir) if b.name[len(prefix):].split("/")[0] not in kept])
+
+    def discard(self, run_dir: Path) -> None:
+        """Delete the run's checkpoints: it finished, and its prompt is the output now."""
+        self._delete(self._blobs(run_dir))
+
+    def _delete(self, blobs: list) -> None:
+        """Markers first: a deletion cut short leaves incomplete checkpoints, never one that looks complete."""
+        for blob in sorted(blobs, key=lambda b: not b.name.endswith(self.COMPLETE)):
+            blob.delete()

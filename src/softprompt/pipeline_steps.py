@@ -97,9 +97,10 @@ def publish(staged: Path, location: str) -> bool:
 
 
 def validate_step(task: str, data: str, data_root: str, report: str | Path, workdir: str | Path,
-                  reuse: bool = True) -> dict[str, Any]:
+                  reuse: bool = True, check: bool = True) -> dict[str, Any]:
     """Validate the task's data and store it by content: DATA_ROOT/<task>/<fingerprint>. Returns the report
-    with `fingerprint` (see data_fingerprint), `location`, `files` ({name: md5}) and `reused`; raises on bad data.
+    with `fingerprint` (see data_fingerprint), `location`, `files` ({name: md5}) and `reused`. Bad data raises,
+    or with `check=False` returns the report (`success` false, nothing stored) for the caller to act on.
 
     With `reuse`, a local DATA_ROOT keeps each passed report beside the data it describes
     (<location>/reports/<suite key>/): the same bytes validated by the same suite, thresholds and code give the
@@ -118,7 +119,9 @@ def validate_step(task: str, data: str, data_root: str, report: str | Path, work
     staged = Path(workdir) / "validated"
     result = validate(task, source, report, output=staged)
     if not result["success"]:
-        raise SoftpromptError(f"data validation failed for {task}:\n{summary(result)}")
+        if check:
+            raise SoftpromptError(f"data validation failed for {task}:\n{summary(result)}")
+        return {**result, "reused": False}
     files = manifest_files(staged)
     fingerprint = data_fingerprint(files)
     location = content_location(data_root, task, fingerprint)
@@ -131,21 +134,67 @@ def validate_step(task: str, data: str, data_root: str, report: str | Path, work
     return result
 
 
+def validation_failure(task: str, report_dir: str | Path) -> str:
+    """The error a run ends with when its data failed validation: the summary of the stored report."""
+    from softprompt.validation import RESULT_FILE, summary
+
+    result = json.loads((Path(report_dir) / RESULT_FILE).read_text(encoding="utf-8"))
+    return f"data validation failed for {task} (the full report is validate-data's `report`):\n{summary(result)}"
+
+
+def cache_epoch(max_age_days: int, now: float | None = None) -> str:
+    """`<max age>d-<N>`, N = days since 1970 // max age: one value for `max_age_days` days, then the next.
+
+    KFP's cache key holds parameter values but no age limit, so the cached steps take this as a parameter: a
+    result made in one epoch is reused within that epoch only, so it is never more than `max_age_days` old
+    when it is returned (kept below the pipeline root's lifecycle rule, params.yaml cluster.cache_max_age_days)."""
+    import time
+
+    if max_age_days <= 0:
+        raise SoftpromptError(f"cache_max_age_days must be a positive number of days, got {max_age_days}")
+    days = int((time.time() if now is None else now) // 86400)
+    return f"{max_age_days}d-{days // max_age_days}"
+
+
+def check_cluster_settings(values: dict[str, Any]) -> None:
+    """Refuse, in one error naming each setting and its fix, what only works on one machine: every step of a
+    cluster run is its own pod, so validated data, the LM-adaptation cache and the DVC remote must be gs://
+    storage every pod reaches, and the registry must be a git URL (the pod's working directory is not a
+    repository, and anything written there dies with the pod)."""
+    from softprompt.registry import is_git_url
+
+    problems = []
+    if not str(values.get("data_root", "")).startswith("gs://"):
+        problems.append(f"data_root {values.get('data_root')!r} is not gs:// (pass --param "
+                        "data_root=gs://BUCKET/validated-data)")
+    if not is_git_url(values.get("registry_repo") or None):
+        problems.append(f"registry_repo {values.get('registry_repo')!r} is not a git URL (pass --param "
+                        "registry_repo=https://HOST/ORG/REGISTRY.git)")
+    if not str(values.get("registry_remote", "")).startswith("gs://"):
+        problems.append(f"registry_remote {values.get('registry_remote')!r} is not gs:// (pass --param "
+                        "registry_remote=gs://BUCKET/dvc)")
+    cache = str(values.get("lm_cache_root") or "")
+    if int(values.get("lm_adapt_steps") or 0) > 0 and cache and not cache.startswith("gs://"):
+        problems.append(f"lm_cache_root {cache!r} is a local path (pass gs://BUCKET/lm-cache, or '' for no cache)")
+    if problems:
+        raise SoftpromptError("a cluster run needs shared storage: " + "; ".join(problems) +
+                              " (defaults: params.yaml cluster.pipeline_defaults)")
+
+
 def stored_report(data_root: str, task: str, files: dict[str, str], key: str) -> Path | None:
     """Where the report of this content under this suite is kept: a local DATA_ROOT only (None for gs://)."""
     location = content_location(data_root, task, data_fingerprint(files))
     return None if location.startswith("gs://") else Path(location) / "reports" / key
 
 
-def fetch_validated(location: str, fingerprint: str, workdir: str | Path) -> Path:
-    """A local copy of the validated dataset at `location`, refused unless its files hash to `fingerprint`."""
-    local = local_data("", location, workdir)
+def check_fingerprint(local: str | Path, fingerprint: str, location: str | None = None) -> None:
+    """Refuse a validated dataset (a local directory) whose files do not hash to `fingerprint`."""
+    local = Path(local)
     actual = data_fingerprint({p.name: file_md5(p) for p in local.iterdir() if p.is_file()
                                and p.name in manifest_files(local)})
     if actual != fingerprint:
-        raise SoftpromptError(f"{location}: the files hash to {actual}, not the fingerprint {fingerprint} "
+        raise SoftpromptError(f"{location or local}: the files hash to {actual}, not the fingerprint {fingerprint} "
                               "validation recorded; the data was modified after validation, rerun the pipeline")
-    return local
 
 
 def lm_adapt_step(base_model: str, steps: int, objective: str, corpus: str, output: str | Path,
@@ -180,26 +229,50 @@ def resolve_model(model_dir: str | Path) -> str:
     raise SoftpromptError(f"{model_dir}: neither a checkpoint nor a {MODEL_REF}")
 
 
+def base_reference(model_dir: str | Path, uri: str) -> str:
+    """How lineage names the base in `model_dir` (lm-adapt's output artifact): the artifact's URI when it holds
+    an adapted checkpoint (its local path exists in one pod only), else the base model it refers to."""
+    if (Path(model_dir) / "config.json").is_file():
+        return uri
+    return resolve_model(model_dir)
+
+
 def train_step(task: str, data_dir: str | Path, model_dir: str | Path, output: str | Path,
-               profile: str | None = None, data_meta: dict[str, Any] | None = None,
-               **overrides: Any) -> dict[str, Any]:
+               profile: str | None = None, data_meta: dict[str, Any] | None = None, base_name: str | None = None,
+               checkpoint_root: str = "", **overrides: Any) -> dict[str, Any]:
     """Train one prompt with the profile's settings, `overrides` (prompt_length, init, steps, ...) winning.
-    `data_meta` (the data's fingerprint and location) goes into softprompt.json, so lineage can name it."""
+    `data_meta` (the data's fingerprint and location) goes into softprompt.json, so lineage can name it;
+    `base_name` (see base_reference) replaces the base's local path there, beside its fingerprint.
+
+    Checkpoints go under `checkpoint_root` (a directory, or a gs:// prefix mirrored from local disk), keyed by
+    the run's content key (training.run_identity: data content, base, settings; never a path), so a retried
+    or preempted step resumes; "" keeps them beside `output`, as `softprompt train` does."""
     from softprompt.config import load_params, training_configs
     from softprompt.training import train
 
+    checkpoint_dir: str | None = checkpoint_root or None
+    store = None
+    if checkpoint_root.startswith("gs://"):
+        import tempfile
+
+        from softprompt.gcs import CheckpointMirror
+
+        store, checkpoint_dir = CheckpointMirror(checkpoint_root), tempfile.mkdtemp(prefix="checkpoints-")
+
     prompt_cfg, train_cfg, eval_cfg = training_configs(load_params(profile), **overrides)
-    extra = {"data_content": data_meta} if data_meta else None
+    extra: dict[str, Any] = {"data_content": data_meta} if data_meta else {}
+    if base_name:
+        extra["base_model"] = base_name
     return train(task, resolve_model(model_dir), data_dir, output, prompt_cfg, train_cfg, eval_cfg, progress=False,
-                 extra_meta=extra)
+                 extra_meta=extra or None, checkpoint_dir=checkpoint_dir, checkpoint_store=store)
 
 
 def evaluate_step(task: str, data_dir: str | Path, prompt_dirs: list[str], output: str | Path,
                   mode: str | None = None, split: str | None = None, batch_size: int | None = None,
-                  profile: str | None = None) -> dict[str, Any]:
-    """Evaluate each prompt; with several, also their ensemble (one batched pass). The best prompt by the
-    task's main metric is the candidate for registration: its metrics go to OUTPUT/metrics.json. Settings
-    left None come from params.yaml's `eval:` (of `profile`)."""
+                  profile: str | None = None, model: str | None = None) -> dict[str, Any]:
+    """Evaluate each prompt on `model` (None: the base each prompt recorded); with several, also their ensemble
+    (one batched pass). The best prompt by the task's main metric is the candidate for registration: its
+    metrics go to OUTPUT/metrics.json. Settings left None come from params.yaml's `eval:` (of `profile`)."""
     from softprompt.config import EvalConfig, from_section, load_params
     from softprompt.evaluation import run_evaluation
 
@@ -209,8 +282,8 @@ def evaluate_step(task: str, data_dir: str | Path, prompt_dirs: list[str], outpu
     mode, split, batch_size = cfg.mode, cfg.split, cfg.batch_size
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    results = [run_evaluation(task, output / f"prompt-{i}.json", prompt=p, data=data_dir, mode=mode, split=split,
-                              batch_size=batch_size, progress=False) for i, p in enumerate(prompt_dirs)]
+    results = [run_evaluation(task, output / f"prompt-{i}.json", prompt=p, model=model, data=data_dir, mode=mode,
+                              split=split, batch_size=batch_size, progress=False) for i, p in enumerate(prompt_dirs)]
     main = results[0]["main_metric"]
     best = max(range(len(results)), key=lambda i: results[i][main])
     summary: dict[str, Any] = {**results[best], "best_prompt": best, "prompt_dir": str(prompt_dirs[best]),
@@ -218,8 +291,8 @@ def evaluate_step(task: str, data_dir: str | Path, prompt_dirs: list[str], outpu
     if len(prompt_dirs) > 1:
         from softprompt.ensemble import run_ensemble
 
-        ens = run_ensemble(task, prompt_dirs, output / "ensemble", data=data_dir, split=split, mode=mode,
-                           batch_size=batch_size, progress=False)
+        ens = run_ensemble(task, prompt_dirs, output / "ensemble", data=data_dir, model=model, split=split,
+                           mode=mode, batch_size=batch_size, progress=False)
         summary["ensemble"] = ens["ensemble"]
         summary["average"] = ens["average"]
     write_json(output / "metrics.json", summary)
@@ -229,7 +302,9 @@ def evaluate_step(task: str, data_dir: str | Path, prompt_dirs: list[str], outpu
 def register_step(task: str, prompt_dir: str | Path, metrics_file: str | Path, repo: str | None = None,
                   run_id: str | None = None, policy: str | None = None, margin: float | None = None,
                   remote: str | None = None, **kwargs: Any) -> dict[str, Any]:
-    """Register the prompt (and promote it per the policy); returns the registration as a dict."""
+    """Register the prompt (and promote it per the policy); returns the registration as a dict, with `uri` (the
+    version in the registry: REPO#registry/<task>/v<N>, REPO its git URL or checkout) and `stage` (the
+    production stage if promoted, else "")."""
     from dataclasses import asdict
 
     from softprompt import registry
@@ -242,18 +317,24 @@ def register_step(task: str, prompt_dir: str | Path, metrics_file: str | Path, r
     else:
         reg = registry.register(repo or None, task, prompt_dir, metrics_file, run_id=run_id, policy=policy,
                                 settings=settings, **kwargs)
-    return asdict(reg)
+    where = repo if registry.is_git_url(repo) else str(registry.repo_root(repo))
+    return {**asdict(reg), "uri": registry.location(where, task, reg.version),
+            "stage": settings.stage if reg.promoted else ""}
+
+
+GIT_SHA_ENV = "SOFTPROMPT_GIT_SHA"  # the commit an image was built from: the Dockerfile's build arg of that name
 
 
 def code_version() -> str:
     """The code that trained the prompt: the package version plus the commit of its source checkout (with
-    -dirty for uncommitted changes), or $SOFTPROMPT_IMAGE in a container built from a commit."""
+    -dirty for uncommitted changes); in an image, which has no .git, the commit baked in as $SOFTPROMPT_GIT_SHA
+    (`make image` passes it); else $SOFTPROMPT_IMAGE or "installed package"."""
     import os
 
     from softprompt import __version__
     from softprompt.registry.git import code_version as checkout_version
 
-    commit = checkout_version(Path(__file__).resolve().parent)
+    commit = checkout_version(Path(__file__).resolve().parent) or os.environ.get(GIT_SHA_ENV, "").strip()
     if commit:
         return f"softprompt {__version__} @ {commit}"
     return f"softprompt {__version__} ({os.environ.get('SOFTPROMPT_IMAGE', 'installed package')})"

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
+from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers.models.t5.modeling_t5 import T5Block
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -199,12 +199,15 @@ def train(
     progress: bool = True,
     extra_meta: dict[str, Any] | None = None,
     callbacks: list[Any] | None = None,
+    checkpoint_store: Any | None = None,
 ) -> dict[str, Any]:
     """Train and write a prompt (or, with method=model, a full checkpoint) to `output`.
 
     Checkpoints go to `<checkpoint_dir>/<run key>` (default `<output>.checkpoints/<run key>`); an interrupted
-    run resumes from the last one of the same run only (`run_identity`). Returns the metadata written to
-    softprompt.json.
+    run resumes from the last one of the same run only (`run_identity`). A `checkpoint_store` (e.g.
+    softprompt.gcs.CheckpointMirror) keeps them durable beyond this machine: `restore(run_dir)` fills the run's
+    directory before training, `save(checkpoint_dir)` follows each save, `discard(run_dir)` follows a finished
+    run that keeps no checkpoints. Returns the metadata written to softprompt.json.
     """
     prompt_cfg = prompt_cfg or PromptConfig()
     cfg = train_cfg or TrainConfig()
@@ -229,6 +232,8 @@ def train(
     base = load_base(model_spec)
     identity = run_identity(task, cfg, prompt_cfg, base, data_dir)
     checkpoint_dir = run_checkpoint_dir(checkpoint_root, identity)
+    if checkpoint_store is not None:
+        checkpoint_store.restore(checkpoint_dir)
     model = build_model(base, task, cfg.method, prompt_cfg, cfg.seed)
     encoding = Encoding(base.tokenizer, cfg.max_source_length, cfg.max_target_length, cfg.target_sentinel)
 
@@ -239,6 +244,8 @@ def train(
     if cfg.fsdp:
         distributed.shard_frozen_blocks(model, (T5Block,))
     callbacks = list(callbacks or [])
+    if checkpoint_store is not None:
+        callbacks.append(MirrorCheckpoints(checkpoint_store))
     if cfg.early_stopping_patience and val_examples:
         callbacks.append(EarlyStoppingCallback(cfg.early_stopping_patience))
     trainer = ScoringTrainer(
@@ -293,7 +300,20 @@ def train(
             save_full_model(model, base, output, meta, logs)
     if not keep_checkpoints:
         remove_checkpoints(checkpoint_dir, checkpoint_root)
+        if checkpoint_store is not None and distributed.is_main():
+            checkpoint_store.discard(checkpoint_dir)
     return meta
+
+
+class MirrorCheckpoints(TrainerCallback):
+    """Hands each checkpoint the Trainer saved (after its rotation of old ones) to a checkpoint store."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.is_world_process_zero:
+            self.store.save(Path(args.output_dir) / f"checkpoint-{state.global_step}")
 
 
 def run_identity(task: Task, cfg: TrainConfig, prompt_cfg: PromptConfig, base: Base,
@@ -301,9 +321,12 @@ def run_identity(task: Task, cfg: TrainConfig, prompt_cfg: PromptConfig, base: B
     """What defines a training run: a checkpoint is resumed only by a run with the same identity. Settings
     that do not change what a step computes (steps, eval_every, patience) may differ on resume."""
     is_prompt = cfg.method == "prompt"
+    data = data_version(task, data_dir)
+    if data_dir is not None:  # the files' content, not where they are: a retried pod gets a new temp directory
+        data.pop("source")
     return {
         "task": task.name, "method": cfg.method, "base_fingerprint": base.fingerprint,
-        "data": data_version(task, data_dir),
+        "data": data,
         "prompt_length": prompt_cfg.length if is_prompt else None, "init": prompt_cfg.init if is_prompt else None,
         "seed": cfg.seed, "optimizer": cfg.optimizer(),
         **{k: getattr(cfg, k) for k in ("batch_size", "grad_accumulation", "max_source_length", "max_target_length",

@@ -308,13 +308,14 @@ def node(task: Annotated[str, typer.Option()], data: Annotated[str, typer.Option
          profile: Annotated[str | None, typer.Option()] = None) -> None:
     """One rank of the TrainJob: fetch the validated data, train (torchrun's ranks together), rank 0 uploads."""
     from softprompt import distributed, gcs
-    from softprompt.pipeline_steps import fetch_validated, train_step
+    from softprompt.pipeline_steps import base_reference, check_fingerprint, local_data, train_step
 
     work = Path(tempfile.mkdtemp(prefix="softprompt-node-"))
-    local = fetch_validated(data, fingerprint, work / "data")
+    local = local_data("", data, work / "data")  # the imported Dataset artifact's URI
+    check_fingerprint(local, fingerprint, data)
     # the lm-adapt step's output artifact (a checkpoint, or a reference to the base model), on GCS
     model = gcs.download_prefix(base, work / "base") if base.startswith("gs://") else Path(base)
-    train_step(task, local, model, work / "prompt", profile,
+    train_step(task, local, model, work / "prompt", profile, base_name=base_reference(model, base),
                data_meta={"fingerprint": fingerprint, "location": data}, **json.loads(overrides))
     # rank 0 of torchrun's ranks, and on a TPU slice host 0 (GKE numbers the hosts in TPU_WORKER_ID)
     if distributed.is_main() and os.environ.get("TPU_WORKER_ID", "0") == "0":

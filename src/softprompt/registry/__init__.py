@@ -52,7 +52,7 @@ from softprompt.registry.versions import (
 Settings = RegistryConfig  # the `registry:` section of params.yaml (softprompt.config)
 
 __all__ = ["PRODUCTION", "REGISTRY_DIR", "Registration", "Settings", "Version", "artifact",
-           "check_task", "code_version", "dir_md5", "gate", "get_version", "is_git_url", "list_versions",
+           "check_task", "code_version", "dir_md5", "gate", "get_version", "is_git_url", "list_versions", "location",
            "parse_version", "production", "production_numbers", "prompt_md5", "promote", "pull", "read_dvc_file",
            "read_metrics", "register", "register_to_origin", "repo_root", "semver", "summary_rows", "verify",
            "versions"]
@@ -66,6 +66,13 @@ def _stage(stage: str | None) -> str:
 
 def task_dir(repo: Path, task: str) -> Path:
     return repo / REGISTRY_DIR / task
+
+
+def location(repo: str, task: str, number: int) -> str:
+    """A version's place in the registry, as one URI: REPO#registry/<task>/v<N> (REPO: the registry's git URL or
+    checkout). Not a storage URI on purpose: KFP's launcher uploads an output artifact whose URI is gs:// to the
+    pipeline root's bucket, and fails on any other bucket; a URI it does not recognise it records as it is."""
+    return f"{repo}#{REGISTRY_DIR}/{task}/v{number}"
 
 
 def _rel(repo: Path, path: Path) -> str:
@@ -163,9 +170,13 @@ def find_content(repo: Path, task: str, content_md5: str) -> Version | None:
 
 def register(repo: str | Path | None, task: str, prompt_dir: str | Path, metrics_file: str | Path,
              run_id: str | None = None, policy: str | None = None, settings: Settings | None = None,
-             code: str | None = None) -> Registration:
+             code: str | None = None, move_pointer: bool = True, commit_remote: bool = True) -> Registration:
     """Add an immutable version of `task`'s prompt, push it to the DVC remote, commit and tag it, then promote
-    it as `policy` says (auto: only past the metric gate)."""
+    it as `policy` says (auto: only past the metric gate).
+
+    `move_pointer=False` records the promotion in git only, leaving a gs:// remote's production pointer to the
+    caller (register_to_origin moves it after its push lands). `commit_remote=False` keeps the DVC remote out
+    of the repo's committed .dvc/config (it goes to the untracked .dvc/config.local)."""
     from softprompt.prompt import read_meta
 
     settings = settings or Settings.load()
@@ -180,7 +191,7 @@ def register(repo: str | Path | None, task: str, prompt_dir: str | Path, metrics
     with gitrepo.registry_lock(root, settings.lock_timeout):
         if (known := find_content(root, task, content_md5)) is not None:
             return _already_registered(known, content_md5, metrics, lineage.data_version(root, task, meta))
-        config_files = dvc.ensure_dvc(root, settings.remote_url())
+        config_files = dvc.ensure_dvc(root, settings.remote_url(), commit_remote)
         number = next_number(root, task)
         record = lineage.lineage(root, task, number, meta, metrics, content_md5, run_id, code or code_version(root))
         dest = task_dir(root, task) / f"v{number}"
@@ -193,7 +204,7 @@ def register(repo: str | Path | None, task: str, prompt_dir: str | Path, metrics
                                 [_rel(root, dvc_file), _rel(root, dest.parent / ".gitignore"), *config_files])
         gitrepo.gto_register(root, task, number, commit, f"Register {artifact(task)} {semver(number)}: {summary} "
                                                          f"run={record['run_id']} code={record['code_version']}")
-        promoted, reason = _promote_locked(root, task, number, policy, settings)
+        promoted, reason = _promote_locked(root, task, number, policy, settings, move_pointer)
     return Registration(task, number, version_tag(task, number), md5, record["main_metric"], record["value"],
                         promoted, reason)
 
@@ -218,14 +229,15 @@ def promote(repo: str | Path | None, task: str, version: str | int, force: bool 
         return _promote_locked(root, task, number, "force" if force else "auto", settings)
 
 
-def _promote_locked(root: Path, task: str, number: int, policy: str, settings: Settings) -> tuple[bool, str]:
+def _promote_locked(root: Path, task: str, number: int, policy: str, settings: Settings,
+                    move_pointer: bool = True) -> tuple[bool, str]:
     if policy == "never":
         return False, "promotion disabled (--promote never)"
     found = versions(root, task, settings.stage)  # read once: the candidate and the current production
     candidate = get_version(root, task, number, settings.stage, found)
     ok, reason = gate(candidate, production(root, task, settings.stage, found), settings.promotion_margin,
                       policy == "force")
-    if ok and settings.remote_url().startswith("gs://"):
+    if ok and move_pointer and settings.remote_url().startswith("gs://"):
         from softprompt.registry.gcs_pointer import swap_production
 
         ok, reason = swap_production(settings.remote_url(), candidate, settings.promotion_margin, policy == "force")
@@ -280,20 +292,40 @@ def pull(repo: str | Path | None, task: str, version: str | int | None = None, o
 
 
 def register_to_origin(url: str, task: str, prompt_dir: str | Path, metrics_file: str | Path,
-                       attempts: int = 5, **kwargs: Any) -> Registration:
-    """Register into a registry repo given by URL (pipeline pods): clone, register, push atomically.
+                       attempts: int = 5, settings: Settings | None = None, **kwargs: Any) -> Registration:
+    """Register into a registry repo given by URL (pipeline pods): clone, register, push atomically, and only
+    then move a gs:// remote's production pointer.
 
     Pods in separate clones race only at the push: `git push --atomic` of the branch and the new tags
     either lands whole or not at all. A rejected push is retried from a fresh clone, so version numbers
-    are assigned again on top of whatever the other pod pushed and nothing is lost.
+    are assigned again on top of whatever the other pod pushed and nothing is lost. The push is the commit
+    point: the pointer moves after it (so it never names a version git lacks), and moving it again to the
+    same version is a no-op, so a step retried after a lost pointer write finishes the job. The DVC remote
+    is never committed into the registry repo: that repo's own .dvc/config says where its files live.
     """
+    settings = settings or Settings.load()
     last = ""
     for _ in range(attempts):
         with tempfile.TemporaryDirectory(prefix="softprompt-registry-") as tmp:
             clone = gitrepo.clone(url, Path(tmp) / "repo")
             before = {name for name, _, _ in gitrepo.tags(clone)}
-            result = register(clone, task, prompt_dir, metrics_file, **kwargs)
+            result = register(clone, task, prompt_dir, metrics_file, settings=settings, move_pointer=False,
+                              commit_remote=False, **kwargs)
             last = gitrepo.push_atomic(clone, [name for name, _, _ in gitrepo.tags(clone) if name not in before])
             if not last:
-                return result
+                return _move_pointer_after_push(result, settings, kwargs.get("policy") == "force")
     raise SoftpromptError(f"could not push the registration to {url} after {attempts} attempts: {last}")
+
+
+def _move_pointer_after_push(result: Registration, settings: Settings, force: bool) -> Registration:
+    """Point a gs:// remote's production pointer at a promotion git now holds (nothing to do otherwise)."""
+    if not result.promoted or not settings.remote_url().startswith("gs://"):
+        return result
+    from dataclasses import replace
+
+    from softprompt.registry.gcs_pointer import swap_production
+
+    candidate = Version(task=result.task, number=result.version, commit="", md5=result.md5,
+                        main_metric=result.main_metric, value=result.value)
+    ok, reason = swap_production(settings.remote_url(), candidate, settings.promotion_margin, force)
+    return result if ok else replace(result, promoted=False, reason=reason)

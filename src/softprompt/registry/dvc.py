@@ -38,8 +38,12 @@ def dvc_repo(repo: Path) -> Iterator[Any]:
         logger.setLevel(level)
 
 
-def ensure_dvc(repo: Path, url: str) -> list[str]:
-    """`dvc init` if needed and point the default remote at `url`; returns the config files to commit."""
+def ensure_dvc(repo: Path, url: str, commit_remote: bool = True) -> list[str]:
+    """`dvc init` if needed and point the default remote at `url`; returns the config files to commit.
+
+    With `commit_remote=False` the remote goes into `.dvc/config.local` (DVC's untracked, per-checkout level),
+    so the committed .dvc/config keeps whatever remote the repo's owner set: a pipeline pod registering into
+    a shared registry repo never changes where that repo's files live."""
     from dvc.repo import Repo
 
     if not (repo / ".dvc").is_dir():
@@ -47,8 +51,8 @@ def ensure_dvc(repo: Path, url: str) -> list[str]:
     with dvc_repo(repo) as dvc:
         remote = dvc.config["remote"].get(REMOTE_NAME, {})
         if remote.get("url") != url or dvc.config["core"].get("remote") != REMOTE_NAME:
-            with dvc.config.edit() as conf:
-                conf["remote"][REMOTE_NAME] = {**remote, "url": url}
+            with dvc.config.edit("repo" if commit_remote else "local") as conf:
+                conf["remote"][REMOTE_NAME] = {**conf["remote"].get(REMOTE_NAME, {}), "url": url}
                 conf["core"]["remote"] = REMOTE_NAME
     if url.startswith("/"):
         Path(url).mkdir(parents=True, exist_ok=True)

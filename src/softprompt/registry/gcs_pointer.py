@@ -59,9 +59,13 @@ def write_pointer(remote: str, task: str, data: dict[str, Any], generation: int)
 
 
 def swap_production(remote: str, candidate: Version, margin: float, force: bool) -> tuple[bool, str]:
-    """Gate `candidate` against the pointer and swap it in; retried on a lost race."""
+    """Gate `candidate` against the pointer and swap it in; retried on a lost race. A pointer that already
+    names `candidate` (same version, same content) is left as it is: moving it again is a no-op, so a
+    registration retried after its pointer write can safely move it again."""
     for _ in range(MAX_TRIES):
         current, generation = read_pointer(remote, candidate.task)
+        if current and int(current.get("number", 0)) == candidate.number and current.get("md5") == candidate.md5:
+            return True, f"{candidate.name} is already the production pointer"
         ok, reason = gate(candidate, pointed_version(candidate.task, current), margin, force)
         if not ok:
             return False, reason + " (gs production pointer)"

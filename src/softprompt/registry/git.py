@@ -94,11 +94,36 @@ def code_version(path: Path, *ignore: str) -> str | None:
     return commit + ("-dirty" if dirty else "")
 
 
+REGISTRAR = ("softprompt registry", "registry@softprompt.invalid")  # who commits and tags where git has nobody
+
+
 def _identity(repo: Path) -> list[str]:
     """Commit identity: the repo's own, else a fixed one (pipeline containers have no git config)."""
     if git(repo, "config", "user.email", check=False):
         return []
-    return ["-c", "user.name=softprompt registry", "-c", "user.email=registry@softprompt.invalid"]
+    return ["-c", f"user.name={REGISTRAR[0]}", "-c", f"user.email={REGISTRAR[1]}"]
+
+
+@contextlib.contextmanager
+def _gto_identity(repo: Path) -> Iterator[None]:
+    """The same fallback identity for GTO, which tags through pygit2 and takes no `git -c`: as the GIT_AUTHOR_* /
+    GIT_COMMITTER_* variables pygit2's signature reads, only while GTO runs and only if the repo has none (a
+    pipeline pod has no git config; without this, registration fails there after the commit)."""
+    if not _identity(repo):
+        yield
+        return
+    env = {f"GIT_{who}_{field}": value for who in ("AUTHOR", "COMMITTER")
+           for field, value in zip(("NAME", "EMAIL"), REGISTRAR)}
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def commit(repo: Path, message: str, paths: list[str]) -> str:
@@ -128,7 +153,8 @@ def gto_register(repo: Path, task: str, number: int, commit_id: str, message: st
     """The version tag, written by GTO (so `gto show` reads it)."""
     import gto.api
 
-    gto.api.register(str(repo), artifact(task), commit_id, version=semver(number), message=message)
+    with _gto_identity(repo):
+        gto.api.register(str(repo), artifact(task), commit_id, version=semver(number), message=message)
 
 
 def gto_assign(repo: Path, task: str, number: int, stage: str, message: str) -> None:
@@ -136,7 +162,8 @@ def gto_assign(repo: Path, task: str, number: int, stage: str, message: str) -> 
     rollback) is allowed."""
     import gto.api
 
-    gto.api.assign(str(repo), artifact(task), stage, version=semver(number), force=True, message=message)
+    with _gto_identity(repo):
+        gto.api.assign(str(repo), artifact(task), stage, version=semver(number), force=True, message=message)
 
 
 @contextlib.contextmanager
