@@ -10,6 +10,10 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs one xdist worker per core: one torch/OpenMP thread each (set before torch is imported;
+    # the commands the tests start inherit it), else every worker starts a thread per core and they contend.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -67,3 +71,37 @@ def gcs_emulator():
     yield server
     mp.undo()
     server.stop()
+
+
+# Markers a test gets without writing them (`make test-fast` leaves these tests out): by a fixture it uses, and
+# by its directory (tests/clients/ runs the real tools on one `dvc repro`'d project).
+MARKER_OF_FIXTURE = {"gcs_emulator": "server"}
+MARKER_OF_DIRECTORY = {"clients": "pipeline"}
+TESTS = Path(__file__).resolve().parent
+
+
+def shared_fixtures(item: pytest.Item) -> list[str]:
+    """Where the module-, package- or session-scoped fixtures of this suite (not pytest's own) that `item` uses
+    are defined: the costly things built once (a trained prompt, a registry, a pipeline run, an emulator). Grouped
+    by file, since the fixtures of one file build on each other (test_serve's `live` server on its `reg`)."""
+    info = getattr(item, "_fixtureinfo", None)
+    files = set()
+    for defs in info.name2fixturedefs.values() if info else ():
+        fixture = defs[-1]
+        code = getattr(fixture.func, "__code__", None)
+        if fixture.scope != "function" and code and TESTS in Path(code.co_filename).parents:
+            files.add(Path(code.co_filename).relative_to(TESTS).as_posix())
+    return sorted(files)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the xdist_group marks
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        for marker in {m for f, m in MARKER_OF_FIXTURE.items() if f in fixtures} | {
+                m for d, m in MARKER_OF_DIRECTORY.items() if d in item.path.relative_to(TESTS).parts[:-1]}:
+            item.add_marker(marker)
+        # Under `--dist loadgroup` the tests that share a costly fixture run on one worker, which builds it once
+        # (a module fixture would otherwise be built on each worker that gets one of its tests).
+        if (shared := shared_fixtures(item)) and not any(item.iter_markers("xdist_group")):
+            item.add_marker(pytest.mark.xdist_group(shared[0]))
