@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -96,14 +97,61 @@ def shared_fixtures(item: pytest.Item) -> list[str]:
     return sorted(files)
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the xdist_group marks
+# Under `--dist loadgroup`, tests of one xdist_group run on one worker, so a costly fixture they share is built
+# once. xdist 3.8 passes the group to its scheduler by renaming `item._nodeid`, which pytest 9 no longer reads
+# (a node's id is `item._id`), so its own mechanism groups nothing here. Instead each worker writes the groups it
+# collected to GROUPS_ENV's file, and the scheduler below (xdist's documented pytest_xdist_make_scheduler hook,
+# its own LoadScopeScheduling with another scope function) reads them.
+GROUPS_ENV = "SOFTPROMPT_XDIST_GROUPS"
+
+
+def group_of(item: pytest.Item) -> str | None:
+    """The item's xdist_group: its own mark, else the file of the shared fixtures it uses (a module fixture
+    would otherwise be built on every worker that gets one of its tests)."""
+    marks = [m.args[0] if m.args else m.kwargs.get("name", "default") for m in item.iter_markers("xdist_group")]
+    if marks:
+        return "_".join(sorted(map(str, marks)))
+    shared = shared_fixtures(item)
+    return shared[0] if shared else None
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
+    groups = {}
     for item in items:
         fixtures = getattr(item, "fixturenames", ())
         for marker in {m for f, m in MARKER_OF_FIXTURE.items() if f in fixtures} | {
                 m for d, m in MARKER_OF_DIRECTORY.items() if d in item.path.relative_to(TESTS).parts[:-1]}:
             item.add_marker(marker)
-        # Under `--dist loadgroup` the tests that share a costly fixture run on one worker, which builds it once
-        # (a module fixture would otherwise be built on each worker that gets one of its tests).
-        if (shared := shared_fixtures(item)) and not any(item.iter_markers("xdist_group")):
-            item.add_marker(pytest.mark.xdist_group(shared[0]))
+        if group := group_of(item):
+            groups[item.nodeid] = group
+    if (worker := os.environ.get("PYTEST_XDIST_WORKER")) and (path := os.environ.get(GROUPS_ENV)):
+        mine = Path(f"{path}.{worker}")  # every worker collects the same tests; the last rename wins
+        mine.write_text(json.dumps(groups), encoding="utf-8")
+        mine.replace(path)
+
+
+def pytest_configure(config):
+    if not os.environ.get("PYTEST_XDIST_WORKER") and config.pluginmanager.hasplugin("xdist"):
+        # set before the workers start, so they inherit it
+        os.environ[GROUPS_ENV] = str(Path(tempfile.mkdtemp(prefix="xdist-groups-")) / "groups.json")
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of xdist, absent under -p no:xdist
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        """Whole groups to one worker; every other test on its own, as `--dist load`."""
+
+        groups: dict[str, str] | None = None
+
+        def _split_scope(self, nodeid: str) -> str:
+            if self.groups is None:  # read once all workers have collected (scheduling starts after that)
+                path = Path(os.environ[GROUPS_ENV])
+                self.groups = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+            return self.groups.get(nodeid, nodeid)
+
+    return GroupScheduling(config, log)
