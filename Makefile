@@ -31,7 +31,7 @@ test-fast:  ## the unit tests only (no pipeline, server, browser or docs build):
 	$(BIN)/pytest $(XDIST) -m "$(FAST)" $(TEST_ARGS)
 
 docs:  ## build the docs site into build/site with --strict (a broken link or a missing page fails)
-	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict  # not --quiet: it hides the warnings and --strict then passes
 
 lint:  ## ruff
 	$(BIN)/ruff check src tests components pipelines benchmarks docs

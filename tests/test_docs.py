@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -33,10 +34,30 @@ def site(tmp_path_factory) -> Path:
     if given := os.environ.get("SOFTPROMPT_DOCS_SITE"):
         return Path(given)
     out = tmp_path_factory.mktemp("site")
-    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "--site-dir", str(out)],
-                          cwd=REPO, capture_output=True, text=True, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    proc = build(REPO, out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
+
+
+def build(root: Path, out: Path) -> subprocess.CompletedProcess:
+    """`make docs`'s build of the checkout at `root` (not --quiet: with it, --strict lets warnings pass)."""
+    return subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)], cwd=root,
+                          capture_output=True, text=True, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+
+
+def test_a_broken_link_fails_the_build(tmp_path):
+    """--strict is in force: a page linking to a page that does not exist stops the build, naming both."""
+    root = tmp_path / "checkout"
+    root.mkdir()
+    shutil.copy(REPO / "mkdocs.yml", root)
+    shutil.copytree(REPO / "docs", root / "docs", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("src", "pipelines", "components", "infra", "benchmarks"):  # what the hooks and snippets read
+        (root / name).symlink_to(REPO / name)
+    with (root / "docs" / "development.md").open("a", encoding="utf-8") as f:
+        f.write("\nSee [the missing page](no-such-page.md).\n")
+    proc = build(root, tmp_path / "site")
+    assert proc.returncode == 1
+    assert "'development.md' contains a link 'no-such-page.md'" in proc.stderr
 
 
 def commands(group: typer.main.TyperGroup, prefix: str = "softprompt") -> list[str]:
