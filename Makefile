@@ -1,11 +1,11 @@
-# softprompt: the commands. `make setup` then `make test`; see README.md.
+# softprompt: the commands. `make setup` then `make test`; see README.md and the docs site (`make docs`).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup test lint bench help replicate bench-serving serve
+.PHONY: setup test test-fast docs lint bench help replicate bench-serving serve
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -16,12 +16,25 @@ setup:  ## create .venv and install the project with pinned dependencies
 	$(BIN)/pip install --quiet -r requirements.lock
 	$(BIN)/pip install --quiet --no-deps -e .
 
-test:  ## lint, then run the test suite (tiny models, CPU, offline)
-	$(BIN)/ruff check src tests components pipelines benchmarks
-	$(BIN)/pytest
+# The suite runs on xdist workers (one per core by default; TEST_WORKERS=0 runs it in one process). --dist
+# loadgroup sends the tests of one xdist_group (a costly shared fixture) to the same worker. TEST_ARGS= adds
+# pytest arguments (e.g. TEST_ARGS='-k serve'). The markers are documented in pyproject.toml.
+TEST_WORKERS ?= auto
+TEST_ARGS ?=
+FAST = not slow and not pipeline and not server and not browser and not docs
+XDIST = $(if $(filter 0,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS) --dist loadgroup)
+
+test: lint docs  ## lint, build the docs, then run the whole test suite (tiny models, CPU, offline)
+	SOFTPROMPT_DOCS_SITE=$(CURDIR)/build/site $(BIN)/pytest $(XDIST) $(TEST_ARGS)
+
+test-fast:  ## the unit tests only (no pipeline, server, browser or docs build): the loop while editing
+	$(BIN)/pytest $(XDIST) -m "$(FAST)" $(TEST_ARGS)
+
+docs:  ## build the docs site into build/site with --strict (a broken link or a missing page fails)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict  # not --quiet: it hides the warnings and --strict then passes
 
 lint:  ## ruff
-	$(BIN)/ruff check src tests components pipelines benchmarks
+	$(BIN)/ruff check src tests components pipelines benchmarks docs
 
 bench:  ## run the benchmarks; results under benchmarks/results/
 	$(BIN)/python benchmarks/train_step.py
@@ -29,7 +42,7 @@ bench:  ## run the benchmarks; results under benchmarks/results/
 bench-serving:  ## the serving benchmark: softprompt serve on loopback; writes benchmarks/results/serving.{json,md}
 	$(BIN)/python benchmarks/serving.py
 
-# `make serve REGISTRY=DIR MODEL=tiny TASKS=rte,cb PORT=8080` (README "Serve"); unset ones come from params.yaml.
+# `make serve REGISTRY=DIR MODEL=tiny TASKS=rte,cb PORT=8080` (docs/serving.md); unset ones come from params.yaml.
 REGISTRY ?= .
 TASKS ?=
 PORT ?=
@@ -37,11 +50,11 @@ serve:  ## serve every task's production prompt over HTTP (REGISTRY= checkout or
 	$(BIN)/softprompt serve --registry $(REGISTRY) $(if $(MODEL),--model $(MODEL)) $(if $(TASKS),--tasks $(TASKS)) \
 		$(if $(PORT),--port $(PORT))
 
-replicate:  ## build the CPU base once (DVC-cached), then the paper's comparisons on AG News (README "Replication"; needs ../shared)
+replicate:  ## build the CPU base once (DVC-cached), then the paper's comparisons on AG News (docs/replication.md; needs ../shared)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro base-lm
 	$(BIN)/python benchmarks/replicate.py
 
-# ---- the Kubeflow pipeline (README: "Run the pipeline") ----
+# ---- the Kubeflow pipeline (docs/pipeline.md) ----
 TASK ?= rte
 PROFILE ?=
 DATA ?=

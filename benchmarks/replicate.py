@@ -1,4 +1,4 @@
-"""The paper's findings at CPU scale (`make replicate`; README "Replication").
+"""The paper's findings at CPU scale (`make replicate`; docs/replication.md).
 
 On the showcase task (AG News, 6,000 train / 1,600 held-out rows) and the base built by dvc.yaml's
 `base-span` / `base-lm` stages, with `replicate.seeds` seeds each (mean ± std), it runs: zero-shot, prompt

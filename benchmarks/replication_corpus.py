@@ -3,7 +3,7 @@
 - wikitext-2 valid + test (heading lines dropped),
 - the AG News *train* split's title + description (never a validation row),
 - the SQuAD (MRQA dev) contexts.
-Reads the shared data by path (README, "Replication"); writes OUTPUT/*.txt atomically.
+Reads the shared data by path (docs/replication.md); writes OUTPUT/*.txt atomically.
 """
 
 from __future__ import annotations

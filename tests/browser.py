@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -29,8 +30,9 @@ def external_urls(text: str) -> list[str]:
     return [text[max(0, m.start() - 20):m.end() + 40] for m in EXTERNAL.finditer(text)]
 
 
-def screenshot(page: Path, png: Path, width: int = 1100, height: int = 1600) -> Path:
-    """A PNG of `page` as headless Chromium renders it as HTML, with a fresh profile and no network.
+def screenshot(page: Path, png: Path, width: int = 1100, height: int = 1600, net_log: Path | None = None) -> Path:
+    """A PNG of `page` as headless Chromium renders it as HTML, with a fresh profile and no network. With
+    `net_log`, Chromium also writes its network log there (read by `page_requests`).
 
     A KFP HTML artifact is a file without an extension (`.../report`), which the UI serves as text/html; a
     file:// URL gets its type from the extension (of the file a link points to, too), so such a page is opened
@@ -39,10 +41,23 @@ def screenshot(page: Path, png: Path, width: int = 1100, height: int = 1600) -> 
         target = page.resolve()
         if target.suffix != ".html":
             target = Path(shutil.copyfile(target, Path(work) / f"{page.name}.html"))
-        proc = subprocess.run([chromium(), *FLAGS, f"--user-data-dir={work}/profile", f"--window-size={width},{height}",
-                               f"--screenshot={png}", target.as_uri()], capture_output=True, text=True, timeout=120)
+        log = [f"--log-net-log={net_log}"] if net_log else []
+        proc = subprocess.run([chromium(), *FLAGS, *log, f"--user-data-dir={work}/profile",
+                               f"--window-size={width},{height}", f"--screenshot={png}", target.as_uri()],
+                              capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and png.is_file(), proc.stderr[-2000:]
     return png
+
+
+def page_requests(net_log: Path) -> list[str]:
+    """The network requests (http, https, ws, ...) the page itself started, from Chromium's network log: every
+    URL_REQUEST_START_JOB whose initiator is an origin. The browser's own background requests (update checks,
+    which FLAGS mostly turn off) have the initiator "not an origin" and are left out; file:// loads never reach
+    the network stack. Complements `external_urls`, which reads the markup: this sees what scripts fetch too."""
+    log = json.loads(net_log.read_text(encoding="utf-8"))
+    start_job = log["constants"]["logEventTypes"]["URL_REQUEST_START_JOB"]
+    return [e["params"]["url"] for e in log["events"]
+            if e["type"] == start_job and e.get("params", {}).get("initiator") not in (None, "not an origin")]
 
 
 def colours(png: Path) -> tuple[int, int]:

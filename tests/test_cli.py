@@ -34,6 +34,7 @@ def run(*args, ok=True):
     return proc
 
 
+@pytest.mark.slow
 def test_train_then_evaluate_generate_and_rank(rte_dir, tmp_path):
     out = tmp_path / "prompt"
     proc = run("train", "--task", "rte", "--model", "tiny", "--data", rte_dir, "--steps", "4", "--batch-size", "4",
@@ -59,6 +60,7 @@ def test_prompt_design_baseline_needs_no_training(rte_dir, tmp_path):
     assert json.loads((tmp_path / "m.json").read_text())["method"] == "design"
 
 
+@pytest.mark.slow
 def test_design_is_described_as_a_zero_shot_instruction_and_takes_shots(rte_dir, tmp_path):
     """--method design is a zero-shot instruction to the frozen T5 (not the paper's GPT-3 few-shot); --shots K
     puts K training examples, fixed by --seed, in front of every input."""

@@ -365,6 +365,7 @@ def test_lm_adapt_rejects_a_corpus_too_small_to_train_on(tmp_path: Path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_cli_lm_adapt_reports_bad_input_in_one_line(tmp_path: Path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     result = subprocess.run([sys.executable, "-m", "softprompt.cli", "lm-adapt", "--model", "tiny", "--corpus",

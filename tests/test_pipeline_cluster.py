@@ -18,6 +18,8 @@ from pipelines import run
 from pipelines.prompt_tuning import PIPELINE_NAME
 from softprompt.config import load_params
 
+pytestmark = pytest.mark.server  # a fake KFP API server on loopback (not in make test-fast)
+
 
 @pytest.fixture
 def kfp_server(monkeypatch, tmp_path):

@@ -85,6 +85,7 @@ def test_vocabulary_errors_name_the_fix(tmp_path: Path):
 
 # ------------------------------------------------------------------------------------- from scratch
 
+@pytest.mark.slow
 def test_from_scratch_builds_the_named_config_and_learns(tmp_path: Path):
     corpus = write_words(tmp_path / "c.txt", lines=400)
     out = tmp_path / "micro"

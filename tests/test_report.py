@@ -106,6 +106,7 @@ def test_external_url_check_catches_what_a_browser_would_fetch():
         assert external_urls(bad), bad
 
 
+@pytest.mark.browser
 @pytest.mark.parametrize("name", ["training", "evaluation", "validation"])
 def test_each_page_renders_in_headless_chromium(name, tmp_path):
     page = {"training": lambda: report.training_page(TRAIN_META, {"best_step": 30}),

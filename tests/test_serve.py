@@ -25,6 +25,8 @@ from softprompt.serving.engine import PromptSet, Row
 from softprompt.serving.requests import input_fields
 from softprompt.tasks import get_task
 
+pytestmark = pytest.mark.server  # softprompt serve / uvicorn on loopback (not in make test-fast)
+
 RTE = {"premise": "The cat sat on the mat.", "hypothesis": "A cat sat."}
 CB = {"premise": "It rained all day, she said.", "hypothesis": "It rained."}
 

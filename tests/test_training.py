@@ -19,6 +19,7 @@ def small_cfg(**kw) -> TrainConfig:
     return TrainConfig(**values)
 
 
+@pytest.mark.slow
 def test_training_lowers_loss_and_leaves_base_weights_untouched(rte_dir, tmp_path):
     before = {k: v.clone() for k, v in load_base("tiny").model.state_dict().items()}
     meta = train("rte", "tiny", rte_dir, tmp_path / "p", PromptConfig(length=8), small_cfg(steps=60, eval_every=30),
@@ -40,6 +41,7 @@ def test_training_lowers_loss_and_leaves_base_weights_untouched(rte_dir, tmp_pat
     assert not (tmp_path / "p.checkpoints").exists()  # cleaned up after success
 
 
+@pytest.mark.slow
 def test_same_seed_same_prompt(rte_train_only, tmp_path):
     cfg = small_cfg(steps=6)
     train("rte", "tiny", rte_train_only, tmp_path / "a", PromptConfig(length=3), cfg, progress=False)
@@ -56,6 +58,7 @@ class Interrupt(TrainerCallback):
             raise KeyboardInterrupt
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_to_the_same_prompt(rte_train_only, tmp_path):
     cfg = small_cfg(steps=10, eval_every=5)
     train("rte", "tiny", rte_train_only, tmp_path / "full", PromptConfig(length=3), cfg, progress=False)
@@ -111,6 +114,7 @@ def test_failed_retrain_keeps_the_previous_prompt(rte_train_only, tmp_path):
     assert json.loads((tmp_path / "p" / "softprompt.json").read_text()) == before
 
 
+@pytest.mark.slow
 def test_another_run_never_resumes_these_checkpoints(rte_train_only, tmp_path, caplog):
     """Checkpoints are keyed by the run (task, method, base, data md5s, prompt length, init, seed, optimizer...):
     a rerun with another seed into the same --output says what differs and starts fresh in its own directory,
@@ -171,6 +175,7 @@ def test_evaluating_a_model_tuned_checkpoint_uses_its_training_settings(rte_dir,
     assert rows[0]["inputs"].startswith("hypothesis:")  # no "rte " prefix: trained taskless
 
 
+@pytest.mark.slow
 def test_reported_metrics_are_those_of_the_saved_prompt_scored_once(rte_dir, tmp_path, monkeypatch):
     """The final metrics reuse the best checkpoint's evaluation instead of scoring it again, and they are
     exactly what evaluating the saved prompt gives."""

@@ -1,5 +1,5 @@
-"""`dvc metrics show`, `dvc plots show` and `dvc plots diff` read what `dvc repro` wrote (README: "Reproduce a
-prompt with `dvc repro`")."""
+"""`dvc metrics show`, `dvc plots show` and `dvc plots diff` read what `dvc repro` wrote
+(docs/registry.md: "Reproduce a prompt with `dvc repro`")."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""`gto show` and `gto history` read the registry `softprompt registry register` / `promote` write (README: "Which
-version is in production: `softprompt registry list --task rte` (or `gto show rte-prompt`)")."""
+"""`gto show` and `gto history` read the registry `softprompt registry register` / `promote` write
+(docs/registry.md: "Which version is in production: `softprompt registry list --task rte` (or `gto show
+rte-prompt`)")."""
 
 from __future__ import annotations
 

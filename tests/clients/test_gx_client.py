@@ -1,4 +1,4 @@
-"""Great Expectations reopens the expectation suites `softprompt validate` saved (README: "Outputs")."""
+"""Great Expectations reopens the expectation suites `softprompt validate` saved (docs/validation.md: "Outputs")."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Plain PEFT loads the prompt `dvc repro` trained and generates what `softprompt evaluate` predicted
-(README: "`adapter_config.json` + `adapter_model.safetensors` load with plain PEFT")."""
+(docs/training.md: "`adapter_config.json` + `adapter_model.safetensors` load with plain PEFT")."""
 
 from __future__ import annotations
 

@@ -14,6 +14,8 @@ from typer.testing import CliRunner
 from softprompt import registry
 from softprompt.errors import SoftpromptError
 
+pytestmark = pytest.mark.pipeline  # real git + DVC on built registries (not in make test-fast)
+
 
 @pytest.fixture(scope="module")
 def prompts(tmp_path_factory) -> dict[str, Path]:

@@ -15,6 +15,8 @@ from softprompt.errors import SoftpromptError
 from softprompt.registry import history
 from softprompt.registry.show import plot
 
+pytestmark = pytest.mark.pipeline  # test_registry's built registry, real git + DVC (not in make test-fast)
+
 
 def register_three(repo, settings, prompts, tmp_path):  # noqa: F811
     """v1 60 (production), v2 58 (below the gate), v3 70 (promoted), and a cb version that must not show."""

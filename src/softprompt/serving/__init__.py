@@ -1,4 +1,4 @@
-"""`softprompt serve`: every task's production prompt from one frozen model, over HTTP (README "Serve")."""
+"""`softprompt serve`: every task's production prompt from one frozen model, over HTTP (docs/serving.md)."""
 
 from __future__ import annotations
 

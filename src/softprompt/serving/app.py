@@ -144,7 +144,7 @@ def create_app(target: PromptServer | Service, close_on_shutdown: bool = False) 
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        detail = {404: "no such route; see the routes in README 'Serve'",
+        detail = {404: "no such route; see the routes in docs/serving.md",
                   405: "method not allowed on this route"}.get(exc.status_code, str(exc.detail))
         return error(exc.status_code, detail)
 

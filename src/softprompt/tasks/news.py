@@ -1,4 +1,4 @@
-"""AG News topic classification: the showcase task a CPU-built base model can learn (README, "Replication").
+"""AG News topic classification: the showcase task a CPU-built base model can learn (docs/replication.md).
 
 Local files are the official AG News CSVs: no header, quoted columns class (1-4), title, description.
 Rows are normalised to the Hub (`fancyzhx/ag_news`) schema: `text` = title + " " + description, `label` =
