@@ -217,7 +217,19 @@ def test_an_incomplete_checkpoint_is_never_resumed(bucket, tmp_path):
 # ---- finding 4: push first, then the pointer
 
 
-def test_a_rejected_push_leaves_the_production_pointer_where_it_was(bucket, tmp_path):
+@pytest.fixture
+def no_dvc_upload(monkeypatch):
+    """Version files tracked by DVC but not uploaded: these tests are about the git push and the gs:// pointer,
+    and several gcsfs uploads to fake-gcs-server in one session can stall (tests/registry/test_gcs_pointer.py
+    covers the upload itself)."""
+    def add_only(repo: Path, path: Path) -> None:
+        with registry.dvc.dvc_repo(repo) as dvc:
+            dvc.add([str(path)])
+
+    monkeypatch.setattr(registry.dvc, "add_and_push", add_only)
+
+
+def test_a_rejected_push_leaves_the_production_pointer_where_it_was(bucket, tmp_path, no_dvc_upload):
     origin = registry_origin(tmp_path, reject=True)
     settings = registry.Settings(remote=f"gs://{bucket}/rejected", lock_timeout=60)
     with pytest.raises(SoftpromptError, match="could not push the registration"):
@@ -227,7 +239,7 @@ def test_a_rejected_push_leaves_the_production_pointer_where_it_was(bucket, tmp_
     assert git(origin, "tag") == ""
 
 
-def test_the_pointer_moves_after_the_push_and_moving_it_again_is_a_no_op(bucket, tmp_path):
+def test_the_pointer_moves_after_the_push_and_moving_it_again_is_a_no_op(bucket, tmp_path, no_dvc_upload):
     origin = registry_origin(tmp_path)
     settings = registry.Settings(remote=f"gs://{bucket}/accepted", lock_timeout=60)
     reg = registry.register_to_origin(f"file://{origin}", "rte", make_prompt(tmp_path / "p", "rte", 1),
