@@ -282,8 +282,17 @@ def test_each_node_fetches_data_and_base_and_only_rank0_uploads(tmp_path, monkey
     from softprompt import gcs, pipeline_steps, trainjob
 
     calls: dict = {"upload": []}
-    monkeypatch.setattr(pipeline_steps, "fetch_validated", lambda data, fp, work: Path(f"/local/{fp}"))
-    monkeypatch.setattr(gcs, "download_prefix", lambda uri, root: Path(root) / "copy-of" / uri[5:])
+    monkeypatch.setattr(pipeline_steps, "local_data", lambda task, data, work: Path(f"/local/{data[5:]}"))
+    monkeypatch.setattr(pipeline_steps, "check_fingerprint",
+                        lambda local, fp, location: calls.setdefault("checked", []).append((str(local), fp, location)))
+
+    def download(uri: str, root: Path) -> Path:  # an lm-adapted checkpoint, as the lm-adapt step uploads it
+        local = Path(root) / "copy-of" / uri[5:]
+        local.mkdir(parents=True)
+        (local / "config.json").write_text("{}")
+        return local
+
+    monkeypatch.setattr(gcs, "download_prefix", download)
     monkeypatch.setattr(pipeline_steps, "train_step",
                         lambda task, data, model, out, profile, data_meta, **kw: calls.update(
                             train=(task, str(data), str(model), profile, data_meta, kw)))
@@ -294,6 +303,8 @@ def test_each_node_fetches_data_and_base_and_only_rank0_uploads(tmp_path, monkey
         monkeypatch.setenv("RANK", rank)
         trainjob.node(**args)
     task, data, model, profile, data_meta, kw = calls["train"]
-    assert (task, data, profile, kw) == ("rte", "/local/fp", "paper", {"seed": 3, "steps": 10})
+    assert (task, data, profile) == ("rte", "/local/b/data", "paper")
+    assert kw == {"seed": 3, "steps": 10, "base_name": "gs://b/base"}  # lineage names the base by its URI
+    assert calls["checked"] == [("/local/b/data", "fp", "gs://b/data")] * 2  # every node refuses changed data
     assert model.endswith("copy-of/b/base") and data_meta == {"fingerprint": "fp", "location": "gs://b/data"}
     assert calls["upload"] == ["gs://b/out"]  # rank 0 only

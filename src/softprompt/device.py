@@ -22,7 +22,9 @@ from typing import Any
 
 import torch
 
+from softprompt import xla
 from softprompt.errors import SoftpromptError
+from softprompt.xla import bf16_native  # the one bf16 rule, shared with training (xla.use_bf16)
 
 AUTO = "auto"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -99,20 +101,8 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
-def bf16_native(device: torch.device) -> bool:
-    """The device computes bf16 in hardware: every XLA device (TPUs compute in bf16), CUDA GPUs of compute
-    capability 8.0+ (without `including_emulation=False` torch also says yes for older GPUs that emulate it)."""
-    if device.type == "xla":
-        return True
-    if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
-    return False
-
-
 def xla_ready() -> bool:
     """torch_xla is importable (and not switched off) and PJRT_DEVICE names its runtime."""
-    from softprompt import xla
-
     return xla.device_type() is not None
 
 

@@ -55,11 +55,19 @@ def device_type() -> str | None:
     return xr.device_type()
 
 
+def bf16_native(device: torch.device) -> bool:
+    """The device computes bf16 in hardware: every XLA device (TPUs compute in bf16), CUDA GPUs of compute
+    capability 8.0+ (without `including_emulation=False` torch also says yes for older GPUs that emulate it)."""
+    if device.type == "xla":
+        return True
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+    return False
+
+
 def use_bf16() -> bool:
     """Train in bf16 autocast: on XLA devices (TPUs compute in bf16 natively) and on GPUs that support it
-    natively (`softprompt.device.bf16_native`, the rule inference's dtype follows too)."""
-    from softprompt.device import bf16_native
-
+    natively (`bf16_native`, the rule inference's dtype (softprompt.device) follows too)."""
     return available() or bf16_native(torch.device("cuda"))
 
 
