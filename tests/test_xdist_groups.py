@@ -1,5 +1,5 @@
 """`make test`'s scheduling (tests/conftest.py): under `-n 2 --dist loadgroup`, the tests that share a module
-fixture run on one worker, which builds the fixture once; the others spread over both workers."""
+fixture run on one worker, which builds the fixture once."""
 
 from __future__ import annotations
 
@@ -43,5 +43,6 @@ def test_tests_sharing_a_module_fixture_run_on_one_worker(pytester, monkeypatch)
     result = pytester.runpytest_subprocess("-n", "2", "--dist", "loadgroup", "-p", "xdist", "-v")
     result.assert_outcomes(passed=12)
     assert len(builds.read_text().splitlines()) == 1  # the module fixture was built once
-    workers = {line.split()[0] for line in result.outlines if "PASSED" in line and "test_alone" in line}
-    assert workers == {"[gw0]", "[gw1]"}  # the ungrouped tests still spread
+    grouped = {line.split()[0] for line in result.outlines if "PASSED" in line and "test_uses_it" in line}
+    assert len(grouped) == 1  # all six on the worker that built the fixture
+    # Where the ungrouped tests land is timing (a worker that starts late may get none), so it is not asserted.
