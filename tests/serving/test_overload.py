@@ -235,4 +235,7 @@ def test_a_versioned_request_answered_after_a_swap_is_not_passed_off_as_its_vers
     blocker.join(30)
     pinned.join(30)
     status, out, _ = answers[0]
-    assert status == 404 and f"was replaced by v{number}" in out["error"]
+    if status == 200:  # the worker took it into a forming batch, with the v1 snapshot, before the swap landed
+        assert out["model_version"] == "v1"  # answered by v1, not passed off
+    else:
+        assert status == 404 and f"was replaced by v{number}" in out["error"]
