@@ -79,7 +79,7 @@ def gcs_emulator():
 # Markers a test gets without writing them (`make test-fast` leaves these tests out): by a fixture it uses, and
 # by its directory (tests/clients/ runs the real tools on one `dvc repro`'d project).
 MARKER_OF_FIXTURE = {"gcs_emulator": "server"}
-MARKER_OF_DIRECTORY = {"clients": "pipeline"}
+MARKER_OF_DIRECTORY = {"clients": "pipeline", "serving": "server"}  # tests/serving: live HTTP servers
 TESTS = Path(__file__).resolve().parent
 
 

@@ -16,6 +16,8 @@ from pipelines import run
 from pipelines.prompt_tuning import PIPELINE_NAME
 from softprompt.config import component_image, load_params
 
+pytestmark = pytest.mark.pipeline  # compiles the KFP pipeline per profile (not in make test-fast)
+
 PROFILES = ("paper", "smoke", "local")
 GPU_STEPS = ("lm-adapt", "train-prompt", "evaluate-prompts")
 CPU_STEPS = ("validate-data", "register-prompt")

@@ -30,6 +30,8 @@ from softprompt.config import load_params
 from softprompt.errors import SoftpromptError
 from softprompt.registry import gcs_pointer
 
+pytestmark = pytest.mark.pipeline  # the pipeline's steps and components as pods run them (not in make test-fast)
+
 BUCKET = "softprompt-pods"
 
 
