@@ -232,7 +232,7 @@ def train(
     base = load_base(model_spec)
     identity = run_identity(task, cfg, prompt_cfg, base, data_dir)
     checkpoint_dir = run_checkpoint_dir(checkpoint_root, identity)
-    if checkpoint_store is not None:
+    if checkpoint_store is not None and distributed.is_main():  # one download; last_checkpoint broadcasts its pick
         checkpoint_store.restore(checkpoint_dir)
     model = build_model(base, task, cfg.method, prompt_cfg, cfg.seed)
     encoding = Encoding(base.tokenizer, cfg.max_source_length, cfg.max_target_length, cfg.target_sentinel)
