@@ -199,7 +199,14 @@ def test_concurrent_requests_of_two_tasks_share_passes(reg):
         for t in threads:
             t.join()
         assert [s for s, _ in results] == [200] * 4
-        text = call(server.url, "/metrics")[1]
+        # The batcher records a pass just after answering it: read /metrics once every pass (8 rows) is in.
+        deadline = time.monotonic() + 10
+        while True:
+            text = call(server.url, "/metrics")[1]
+            rows = float(re.search(r"softprompt_batch_size_sum (\S+)", text).group(1))
+            if rows >= 8 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
         count = float(re.search(r"softprompt_batch_tasks_count (\S+)", text).group(1))
         single = float(re.search(r'softprompt_batch_tasks_bucket\{le="1.0"\} (\S+)', text).group(1))
         assert single < count  # at least one pass held rows of both tasks
